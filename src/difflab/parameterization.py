@@ -103,20 +103,38 @@ class TargetDenoiser(nn.Module):
 
     ``predict(x_t, t)`` returns both hub quantities (x0_hat, eps_hat). Coefficients are computed in float64 and
     cast to the data dtype.
+
+    With ``input_scaling`` the network sees c_in x_t, c_in = 1 / sqrt(alpha_t^2 data_std^2 + sigma_t^2), so its
+    input has unit variance at every t (Karras et al. 2022, Table 1, c_in); this matters for VE processes.
     """
 
-    def __init__(self, net: nn.Module, process: Process, target: Target | str) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        process: Process,
+        target: Target | str,
+        input_scaling: bool = False,
+        data_std: float = 1.0,
+    ) -> None:
         super().__init__()
         self.net = net
         self.process = process
         self.target = parse_target(target)
+        self.input_scaling = input_scaling
+        self.data_std = float(data_std)
 
     def raw(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """The network's prediction in target space at (x_t, t)."""
+        t = batch_time(t, x_t)
+        if self.input_scaling:
+            c = self.process.coefficients(t.detach().cpu())
+            c_in = (c.alpha**2 * self.data_std**2 + c.sigma**2).rsqrt().to(x_t.device)
+            x_t = x_t * expand_like(c_in, x_t)
         return self.net(x_t, t.to(x_t.dtype))
 
     def predict(self, x_t: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
         t = batch_time(t, x_t)
-        c = self.process.coefficients(t.cpu()) if t.device.type != "cpu" else self.process.coefficients(t)
+        c = self.process.coefficients(t.detach().cpu())
         alpha, sigma = c.alpha.to(x_t.device), c.sigma.to(x_t.device)
         return to_hub(self.target, self.raw(x_t, t), x_t, alpha, sigma)
 
