@@ -1,0 +1,209 @@
+"""Two-dimensional toy data sets (seed 000's four sets, seed 003's 8-mode mixture, a Gaussian oracle).
+
+Raw (unscaled) laws, all i.i.d. per point, drawn with an explicitly seeded ``torch.Generator``:
+
+* ``cluster`` (seed 000, ``generate_gaussian_clusters``): (1/4) sum_k N(mu_k, I), mu_k in {(+-5, +-5)};
+  std 1 (a standard deviation).
+* ``ring`` (seed 000, ``generate_intersecting_rings``): centre c in {(0, 0), (5, 0)} with probability 1/2
+  each, angle theta ~ U(0, 2 pi), radius r ~ N(4, 0.2^2); x = c + r (cos theta, sin theta).
+* ``swiss_roll`` (seed 000, like sklearn's ``make_swiss_roll`` keeping its x and z coordinates):
+  t = 1.5 pi (1 + 2u), u ~ U(0, 1); x = (t cos t, t sin t) + N(0, 0.5^2 I).
+* ``waves`` (seed 000, ``generate_parallel_waves``): x ~ U(0, 1) (seed 000 used a linspace; we draw
+  uniformly so points are i.i.d.), wave w in {1, 2} with probability 1/2 each,
+  y = b_w + 0.3 sin(6 pi x) + N(0, 0.03^2), b_1 = 0.6, b_2 = 0.3 (noise on y only).
+* ``mixture8`` (seed 003, made consistent): (1/8) sum_j N(10 (cos 2 pi j/8, sin 2 pi j/8), I); the
+  per-component std is 1 (a standard deviation; seed 003's sampler and density disagreed on this).
+* ``gaussian``: one anisotropic Gaussian N((1, -2), [[2, 0.8], [0.8, 0.5]]), a test oracle.
+
+Seed 000 put exactly n/2 points on each ring / wave; here each point picks its component with a fair
+coin, so the samples are i.i.d. from the equal-weight mixture (what the sample metrics assume).
+
+Every set is z-scored per dimension, x_scaled = (x - shift) / scale:
+
+* sets with a known density (``cluster``, ``mixture8``, ``gaussian``) use the population mean and
+  standard deviation of the law in closed form (``GaussianMixture.mean()`` / ``covariance()``), so the
+  scaled law ``mixture.affine(shift, scale)`` is exact and has mean 0 and unit marginal variances;
+* the others (``ring``, ``swiss_roll``, ``waves``) use the empirical mean and standard deviation (ddof 0)
+  of a reference draw of ``REFERENCE_SIZE`` = 1,000,000 points with the fixed seed ``REFERENCE_SEED``;
+  the Monte-Carlo error of these constants is ~1e-3 relative, and they are the same for every call.
+
+Train and test are the first ``n_train`` and the last ``n_test`` rows of one i.i.d. draw of
+``n_train + n_test`` points, so they are disjoint (seed 000's ``random.shuffle`` on a numpy array
+duplicated rows; here no row repeats, which the tests check).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from difflab.data.gaussian import GaussianMixture, eight_mode_mixture
+from difflab.registry import lookup
+
+RawSampler = Callable[[int, "torch.Generator | None"], Tensor]
+
+REFERENCE_SIZE = 1_000_000
+REFERENCE_SEED = 20_240_000
+
+
+# --- raw samplers (float64, unscaled) ----------------------------------------------------------------
+def _cluster_law() -> GaussianMixture:
+    means = torch.tensor([[-5.0, -5.0], [-5.0, 5.0], [5.0, -5.0], [5.0, 5.0]], dtype=torch.float64)
+    return GaussianMixture.isotropic(torch.ones(4), means, 1.0)
+
+
+def _gaussian_law() -> GaussianMixture:
+    mean = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    cov = torch.tensor([[2.0, 0.8], [0.8, 0.5]], dtype=torch.float64)
+    return GaussianMixture.gaussian(mean, cov)
+
+
+def _mixture8_law() -> GaussianMixture:
+    return eight_mode_mixture(radius=10.0, std=1.0, k=8)
+
+
+def _ring(n: int, generator: torch.Generator | None) -> Tensor:
+    centre_x = 5.0 * torch.randint(0, 2, (n,), generator=generator).to(torch.float64)
+    theta = 2.0 * math.pi * torch.rand(n, dtype=torch.float64, generator=generator)
+    radius = 4.0 + 0.2 * torch.randn(n, dtype=torch.float64, generator=generator)
+    return torch.stack([centre_x + radius * torch.cos(theta), radius * torch.sin(theta)], dim=1)
+
+
+def _swiss_roll(n: int, generator: torch.Generator | None) -> Tensor:
+    t = 1.5 * math.pi * (1.0 + 2.0 * torch.rand(n, dtype=torch.float64, generator=generator))
+    clean = torch.stack([t * torch.cos(t), t * torch.sin(t)], dim=1)
+    return clean + 0.5 * torch.randn(n, 2, dtype=torch.float64, generator=generator)
+
+
+def _waves(n: int, generator: torch.Generator | None) -> Tensor:
+    x = torch.rand(n, dtype=torch.float64, generator=generator)
+    base = torch.where(torch.randint(0, 2, (n,), generator=generator).bool(), 0.6, 0.3).to(torch.float64)
+    y = (
+        base
+        + 0.3 * torch.sin(6.0 * math.pi * x)
+        + 0.03 * torch.randn(n, dtype=torch.float64, generator=generator)
+    )
+    return torch.stack([x, y], dim=1)
+
+
+def _law_sampler(law_fn: Callable[[], GaussianMixture]) -> RawSampler:
+    def sample(n: int, generator: torch.Generator | None) -> Tensor:
+        if n == 0:  # torch.multinomial refuses n = 0
+            return torch.empty(0, 2, dtype=torch.float64)
+        return law_fn().sample(n, generator=generator)
+
+    return sample
+
+
+@dataclass(frozen=True)
+class Toy2DSource:
+    """A raw (unscaled) 2D law: ``sample(n, generator)`` gives (n, 2) float64; ``law`` its exact density
+    when known (a :class:`GaussianMixture`), else None; ``has_modes``: report mode coverage for it."""
+
+    name: str
+    sample: RawSampler
+    law: Callable[[], GaussianMixture] | None = None
+    has_modes: bool = False
+
+
+#: name -> raw generator of the 2D set (the registry used by configs and the CLI).
+TOY2D: dict[str, Toy2DSource] = {
+    "cluster": Toy2DSource("cluster", _law_sampler(_cluster_law), _cluster_law, has_modes=True),
+    "ring": Toy2DSource("ring", _ring),
+    "swiss_roll": Toy2DSource("swiss_roll", _swiss_roll),
+    "waves": Toy2DSource("waves", _waves),
+    "mixture8": Toy2DSource("mixture8", _law_sampler(_mixture8_law), _mixture8_law, has_modes=True),
+    "gaussian": Toy2DSource("gaussian", _law_sampler(_gaussian_law), _gaussian_law),
+}
+
+
+@functools.cache
+def standardisation(name: str) -> tuple[Tensor, Tensor]:
+    """(shift, scale), each (2,) float64, used to z-score set ``name``: the law's population mean and
+    standard deviation when the density is known, else those of the fixed reference draw (module doc)."""
+    source = lookup(TOY2D, name, "toy 2D data set")
+    if source.law is not None:
+        law = source.law()
+        return law.mean().clone(), law.covariance().diagonal().sqrt().clone()
+    ref = source.sample(REFERENCE_SIZE, torch.Generator().manual_seed(REFERENCE_SEED))
+    return ref.mean(0), ref.std(0, correction=0)
+
+
+@dataclass
+class Toy2D:
+    """A z-scored 2D data set.
+
+    Attributes:
+        name: registry name.
+        train, test: (n_train, 2) and (n_test, 2) float32, disjoint i.i.d. draws of the scaled law.
+        shift, scale: (2,) float64; scaled = (raw - shift) / scale.
+        law: the exact scaled law (a GaussianMixture) for sets with a known density, else None.
+        modes: (K, 2) float64 scaled component means for the multi-mode sets (cluster, mixture8), else None.
+        mode_weights: (K,) float64 weights of those modes, else None.
+    """
+
+    name: str
+    train: Tensor
+    test: Tensor
+    shift: Tensor
+    scale: Tensor
+    law: GaussianMixture | None
+    modes: Tensor | None
+    mode_weights: Tensor | None
+    _raw: RawSampler = field(repr=False)
+
+    def sample_fresh(
+        self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
+    ) -> Tensor:
+        """n fresh i.i.d. samples of the same scaled law (new randomness from ``generator``), e.g. to
+        compute the floor of a sample metric. Returns (n, 2) in ``dtype`` (float64 by default)."""
+        return ((self._raw(n, generator) - self.shift) / self.scale).to(dtype)
+
+    @property
+    def dim(self) -> int:
+        return 2
+
+
+def make_toy2d(name: str, n_train: int = 80_000, n_test: int = 20_000, seed: int = 0) -> Toy2D:
+    """Build the z-scored set ``name`` with ``n_train`` training and ``n_test`` test points.
+
+    Deterministic under ``seed`` (a fresh ``torch.Generator().manual_seed(seed)`` drives the draw).
+    The defaults give seed 000's 100,000 points split 80/20. Unknown names raise
+    :class:`difflab.registry.UnknownNameError` listing the valid names.
+    """
+    source = lookup(TOY2D, name, "toy 2D data set")
+    if n_train < 0 or n_test < 0:
+        raise ValueError("n_train and n_test must be non-negative")
+    shift, scale = standardisation(name)
+    gen = torch.Generator().manual_seed(int(seed))
+    x = ((source.sample(n_train + n_test, gen) - shift) / scale).to(torch.float32)
+    law = source.law().affine(shift, scale) if source.law is not None else None
+    modes = law.means.clone() if (law is not None and source.has_modes) else None
+    weights = law.weights.clone() if (law is not None and source.has_modes) else None
+    return Toy2D(
+        name=name,
+        train=x[:n_train].contiguous(),
+        test=x[n_train:].contiguous(),
+        shift=shift.clone(),
+        scale=scale.clone(),
+        law=law,
+        modes=modes,
+        mode_weights=weights,
+        _raw=source.sample,
+    )
+
+
+__all__ = [
+    "REFERENCE_SEED",
+    "REFERENCE_SIZE",
+    "TOY2D",
+    "Toy2D",
+    "Toy2DSource",
+    "make_toy2d",
+    "standardisation",
+]
