@@ -107,8 +107,7 @@ def _lines(ax: Any, curves: Mapping[str, tuple[Any, Any]], logy: bool) -> None:
     if logy:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    if len(curves) > 1:
-        ax.legend(fontsize=7)
+    ax.legend(fontsize=7)
 
 
 def plot_loss_by_time(
@@ -199,7 +198,7 @@ def plot_metric_comparison(
                 xs.append(i - 0.4 + width * (j + 0.5))
                 means.append(statistics.fmean(vals))
                 stds.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
-        ax.bar(xs, means, width=width, yerr=stds, capsize=3, label=None if h is None else str(h))
+        ax.bar(xs, means, width=width, yerr=stds, capsize=3, label=None if h is None else str(h) or "(main)")
     for k, (label, value) in enumerate((reference_lines or {}).items()):
         ax.axhline(value, ls="--", lw=1, color=f"C{(len(hues) + k) % 10}", label=label)
     ax.set_xticks(range(len(groups)), [str(g) for g in groups])

@@ -149,8 +149,11 @@ def _cells(summary: Summary, bold: tuple[str, str]) -> tuple[list[str], list[lis
             if st is None:
                 cells.append("–")
                 continue
-            text = format_value(*st, group.n)
-            cells.append(f"{bold[0]}{text}{bold[1]}" if i in summary.best.get(name, ()) else text)
+            mean, std, count = st
+            text = format_value(mean, std, count, count)
+            if i in summary.best.get(name, ()):
+                text = f"{bold[0]}{text}{bold[1]}"
+            cells.append(text if count == group.n else f"{text} (n={count})")
         cells.append(f"{statistics.fmean(group.seconds):.1f}" if group.seconds else "–")
         body.append(cells)
     return header, body

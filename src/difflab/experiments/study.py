@@ -633,6 +633,7 @@ def run_study(
     progress: bool = True,
     metric_specs: Mapping[str, str] | None = None,
     notes: Sequence[str] = (),
+    report_metrics: Sequence[str] | None = None,
     label_key: str | None = "label",
 ) -> StudyResult:
     """Validate every run, then run the ones not yet done, in parallel, and write the tables and report.
@@ -650,6 +651,7 @@ def run_study(
         progress: show a tqdm bar over runs.
         metric_specs: metric -> "min" | "max" for the report (default "min").
         notes: lines for the report's Notes section.
+        report_metrics: metric columns of the report, in order (default: every numeric metric).
         label_key: config key set to the run id (None: leave the config alone).
 
     Returns:
@@ -725,5 +727,6 @@ def run_study(
         description=study.description,
         settings=study.fixed,
         notes=notes,
+        metrics=report_metrics,
     )
     return StudyResult(rows, os.fspath(out), axes_keys, ran, skipped, os.fspath(report))
