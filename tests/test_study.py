@@ -154,8 +154,7 @@ def test_overrides(tmp_path):
         "width3__eps__s1",
         "width4__eps__s0",
         "width4__eps__s1",
-        "oracle__eps__width3",
-        "oracle__eps__width4",
+        "oracle__eps",  # extras follow overrides of their own axes, never inherit main axes
     ]
     assert all(s.config["train"]["steps"] == 100 for s in specs)
     assert study.fixed["train.steps"] == 7  # the original is untouched
@@ -163,7 +162,8 @@ def test_overrides(tmp_path):
     specs = expand(apply_overrides(study, ['objective.target="v"', "model.act=relu", "train.seed=3"]))
     assert [s.run_id for s in specs] == ["width1__v__s3", "width2__v__s3", "oracle__v"]
     assert specs[0].config["model"] == {"width": 1, "act": "relu"}
-    assert specs[-1].config["train"] == {"steps": 7, "seed": 3}  # the override reaches every run
+    assert specs[-1].config["train"] == {"steps": 7}  # a main-axis override does not reach the extra
+    assert specs[-1].config["model"] == {"width": 0, "act": "relu"}  # a [fixed] override does
     with pytest.raises(StudyError, match="expected key=value"):
         apply_overrides(study, ["train.steps"])
     with pytest.raises(StudyError, match="empty value"):

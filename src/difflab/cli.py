@@ -58,9 +58,11 @@ def apply_sets(config: dict, sets: Sequence[str]) -> dict:
 
 
 def _check_writable(path: str) -> None:
-    probe = Path(path)
+    probe = Path(path).absolute()
     while not probe.exists():
         probe = probe.parent
+    if not probe.is_dir():
+        raise CLIError(f"output directory cannot be created: {probe} is not a directory")
     if not os.access(probe, os.W_OK):
         raise CLIError(f"output directory is not writable: {path}")
 

@@ -54,16 +54,16 @@ def build_run_parts(config: RunConfig, check_only: bool = False) -> RunParts | N
     if config.eval.sampler != "natural":
         lookup(SAMPLERS, config.eval.sampler, "sampler")
     lookup(GRIDS, config.eval.grid, "grid")
+    m = config.model
+    if m.name == "oracle" and TOY2D[config.data.name].law is None:
+        raise ConfigError(f"model 'oracle' needs a data set with a known density; {config.data.name!r} has none")
     if config.train.checkpoint_every % config.train.log_every:
         raise ConfigError("train.checkpoint_every must be a multiple of train.log_every")
     if check_only:
         return None
 
     data = make_toy2d(config.data.name, config.data.n_train, config.data.n_test, config.data.seed)
-    m = config.model
     if m.name == "oracle":
-        if data.law is None:
-            raise ConfigError(f"model 'oracle' needs a data set with a known density; {config.data.name!r} has none")
         denoiser: Any = data.law.denoiser(process)
         trainable = False
     else:

@@ -85,6 +85,7 @@ class EvalConfig:
     n_nll: int = 1000
     nll_rtol: float = 1e-5
     kde_bandwidth: str = "scott"
+    kde_n_eval: int = 5000
     seed: int = 1234
 
 

@@ -101,7 +101,14 @@ def evaluate_run(parts: RunParts, denoiser: Any) -> tuple[dict[str, float], dict
         prefix = "" if i == 0 else f"{name}_"
         mg = torch.Generator().manual_seed(ev.seed + 2)
         sm = sample_metrics(
-            torch.as_tensor(x), ref, law=data.law, modes=data.modes, generator=mg, fresh=data.sample_fresh
+            torch.as_tensor(x),
+            ref,
+            law=data.law,
+            modes=data.modes,
+            generator=mg,
+            fresh=data.sample_fresh,
+            kde_bandwidth_rule=ev.kde_bandwidth,
+            n_eval=ev.kde_n_eval,
         )
         for key, value in sm.items():
             if i > 0 and key.endswith("_floor"):

@@ -284,14 +284,12 @@ def _override(study: Study, key: str, value: Any) -> Study:
         del fixed[other]
     extras = []
     for e in study.extras:
-        e_values, e_axes = dict(e.values), dict(e.axes)
-        e_values.pop(key, None)
-        e_axes.pop(key, None)
-        if is_axis and (key in e.axes or len(values) > 1):
+        # An extra's own axes follow the override; a key the extra pins itself (e.g. the oracle's model)
+        # stays pinned; extras inherit [fixed] but never the main axes.
+        e_axes = dict(e.axes)
+        if key in e_axes:
             e_axes[key] = list(values)
-        elif is_axis:
-            e_values[key] = values[0]  # extras do not inherit main axes, so set it explicitly
-        extras.append(replace(e, values=e_values, axes=e_axes))
+        extras.append(replace(e, axes=e_axes))
     return replace(study, fixed=fixed, axes=axes, extras=tuple(extras))
 
 
@@ -300,7 +298,8 @@ def apply_overrides(study: Study, overrides: Iterable[str] | None) -> Study:
 
     Each override makes ``key`` take its value in every run. If ``key`` is an axis (of the main grid or an
     extra), a TOML array gives the axis new values and a single value replaces the axis with that value;
-    otherwise the value is stored as given (arrays included) in [fixed] and replaces any value an extra sets.
+    otherwise the value is stored as given (arrays included) in [fixed]. Extra runs (e.g. the oracle) keep the
+    keys they set themselves; their own axes follow the override; they inherit [fixed], never the main axes.
     """
     for item in overrides or ():
         key, sep, text = item.partition("=")
