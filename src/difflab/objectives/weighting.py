@@ -1,0 +1,216 @@
+"""Loss weightings w(t): one function of the schedule coefficients, written in the space where it is simplest.
+
+A weighting is defined by a *native* target space N and a function w_N(c) of the coefficients at t. Training a
+network on another target X with the same objective needs the weight that gives the same loss value for the
+same prediction. Because one x_t ties the errors of all targets, |d_X|^2 = m_X |d_eps|^2
+(:func:`difflab.parameterization.error_scale`), the weight in X-space is
+
+    w_X(c) = w_N(c) * m_N(c) / m_X(c)                                     (Kingma & Gao 2023, sec. 2)
+
+``native=None`` means "the trained target's own space" (the weight is then not converted: unit weight in each
+target's space gives four *different* objectives, seed 000's "weighted" loss). The conversion is exact for the
+L2 norm; for L1/Huber it only matches the scale (there is no exact identity).
+
+Every weighting here is a constructor in :data:`WEIGHTINGS`; its docstring gives the formula and the source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from difflab.parameterization import Target, error_scale, parse_target
+from difflab.processes.base import Coefficients, Process
+from difflab.processes.discrete import DiscreteChain
+from difflab.registry import build
+
+WeightFn = Callable[[Coefficients, Process], Tensor]
+"""w_N(c, process) -> float64 tensor of c.t's shape (the process is needed only by chain weightings)."""
+
+_GRID_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class Weighting:
+    """A loss weighting: ``fn`` gives the weight in the ``native`` target space (None: the trained target's).
+
+    Attributes:
+        name: registry name (for reports).
+        fn: w_N(c, process), float64.
+        native: the space N in which ``fn`` is written, or None for "the trained target's own space".
+        requires_chain: the weight is defined only on the grid of a :class:`DiscreteChain`.
+    """
+
+    name: str
+    fn: WeightFn
+    native: Target | None
+    requires_chain: bool = False
+
+    def check(self, process: Process) -> None:
+        """Raise a clear error if this weighting cannot be used with ``process``."""
+        if self.requires_chain and not isinstance(process, DiscreteChain):
+            raise ValueError(
+                f"weighting {self.name!r} is defined on the steps of a discrete DDPM chain; "
+                f"got {process!r} (build the process with ddpm_chain / name 'ddpm')"
+            )
+
+    def native_weight(self, c: Coefficients, process: Process) -> Tensor:
+        """w_N(c) in the native space (float64)."""
+        self.check(process)
+        return torch.as_tensor(self.fn(c, process), dtype=torch.float64).expand_as(c.t)
+
+    def weight(self, target: Target | str, c: Coefficients, process: Process) -> Tensor:
+        """w_X(c) = w_N(c) m_N(c) / m_X(c) for the trained target X (float64, shape of c.t)."""
+        target = parse_target(target)
+        w = self.native_weight(c, process)
+        if self.native is None or self.native is target:
+            return w
+        return w * error_scale(self.native, c) / error_scale(target, c)
+
+    def eps_weight(self, c: Coefficients, process: Process, target: Target | str = Target.EPS) -> Tensor:
+        """The equivalent eps-space weight w_eps = w_X m_X (for ``native=None``, of the given target X)."""
+        target = parse_target(target)
+        return self.weight(target, c, process) * error_scale(target, c)
+
+
+# --- the weightings -----------------------------------------------------------------------------------------
+
+
+def nelbo() -> Weighting:
+    """NELBO: eps-space weight w_eps = -1/2 d lambda/dt (Kingma et al. 2021, VDM, eq. 17).
+
+    On x0 this is -1/2 SNR'(t) (since m_x0 = 1/SNR and SNR' = SNR lambda'). With the squared error averaged
+    over dimensions and the importance weight 1/p(t) applied (the objective's default), the per-example loss
+    is an unbiased estimate of the continuous NELBO diffusion term  1/2 int_{t_min}^{t_max} (-lambda') E|eps -
+    eps_hat|^2 dt  in nats per dimension. Seed 000's table writes it without the 1/2 (-SNR' on x0).
+    """
+    return Weighting("nelbo", lambda c, p: -0.5 * c.d_logsnr, Target.EPS)
+
+
+def weighted() -> Weighting:
+    """Seed 000 "weighted": unit weight in the trained target's own space, E|X - X_hat|^2.
+
+    The four targets give four different objectives (eps: L_simple; x0: -2 NELBO / SNR'; ...).
+    """
+    return Weighting("weighted", lambda c, p: torch.ones_like(c.t), None)
+
+
+def rescaled() -> Weighting:
+    """Seed 000 "rescaled": the NELBO divided by its x0-space weight, i.e. x0-space weight 1.
+
+    On the other targets: eps  sigma^2/alpha^2;  v  sigma^2/(alpha^2+sigma^2)^2
+    (VP: sigma^2/(alpha^2+sigma^2));  score  sigma^4/alpha^2.
+    Identity: nelbo_loss / rescaled_loss = -1/2 SNR'(t) for every target (seed 000 writes the NELBO without
+    the 1/2, so its ratio is -SNR').
+    """
+    return Weighting("rescaled", lambda c, p: torch.ones_like(c.t), Target.X0)
+
+
+def eps_simple() -> Weighting:
+    """L_simple: eps-space weight 1, E|eps - eps_hat|^2 (Ho et al. 2020, eq. 14)."""
+    return Weighting("eps_simple", lambda c, p: torch.ones_like(c.t), Target.EPS)
+
+
+def min_snr(gamma: float = 5.0) -> Weighting:
+    """Min-SNR-gamma: x0-space weight min(SNR_t, gamma) (Hang et al. 2023, eq. 8; default gamma = 5).
+
+    Equivalently min(SNR, gamma)/SNR on eps and, for VP, min(SNR, gamma)/(SNR + 1) on v.
+    """
+    gamma = float(gamma)
+    if not gamma > 0:
+        raise ValueError(f"min_snr needs gamma > 0, got {gamma}")
+    return Weighting(f"min_snr(gamma={gamma:g})", lambda c, p: torch.clamp(c.snr, max=gamma), Target.X0)
+
+
+def _vlb_weight(clip: float) -> WeightFn:
+    def fn(c: Coefficients, process: Process) -> Tensor:
+        assert isinstance(process, DiscreteChain)
+        t = c.t.to(torch.float64).cpu()
+        if bool(((t * process.T - torch.round(t * process.T)).abs() > _GRID_TOL).any()):
+            raise ValueError(
+                "weighting 'vlb_clipped' needs t on the chain grid t_i = i/T; "
+                "use the 'discrete' time distribution"
+            )
+        i = process.index(t)
+        if bool(((i < 1) | (i > process.T)).any()):
+            raise ValueError(f"vlb_clipped: step index out of 1..{process.T}")
+        beta = process.betas[i - 1]
+        beta_tilde = process.posterior_variance()[i - 1]
+        one_minus_abar = 1.0 - process.alpha_bar[i]
+        w = beta**2 / (2.0 * beta_tilde * (1.0 - beta) * one_minus_abar)  # beta_tilde_1 = 0: w_1 = inf
+        return torch.clamp(w, 0.0, clip).to(c.t.device)
+
+    return fn
+
+
+def vlb_clipped(clip: float = 1.0) -> Weighting:
+    """Seed 001 "l2_weighted": eps-space weight
+    w_i = beta_i^2 / (2 beta_tilde_i (1 - beta_i)(1 - alpha_bar_i)), clipped to [0, clip] (default 1).
+
+    This is Ho et al. 2020's VLB weight beta^2 / (2 sigma_i^2 alpha_i (1 - alpha_bar_i)) (eq. 12) with
+    sigma_i^2 = beta_tilde_i; for i >= 2 it equals 1/2 (SNR_{i-1}/SNR_i - 1), the exact discrete KL term in
+    eps-space. Step indices are 1-based (t_i = i/T, i = 1..T); at i = 1, beta_tilde_1 = 0 so w_1 = inf,
+    clipped to ``clip`` (seed 001's 0-based w_0). Needs a :class:`DiscreteChain` and t on its grid.
+    """
+    clip = float(clip)
+    if not clip > 0:
+        raise ValueError(f"vlb_clipped needs clip > 0, got {clip}")
+    return Weighting(f"vlb_clipped(clip={clip:g})", _vlb_weight(clip), Target.EPS, requires_chain=True)
+
+
+def uniform_score() -> Weighting:
+    """Seed 003 "uniform": score-space weight lambda(t) = 1, E|s - s_hat|^2 (Song & Ermon 2019 notation).
+
+    Equivalent eps weight 1/sigma_t^2 (it grows without bound as t -> 0).
+    """
+    return Weighting("uniform_score", lambda c, p: torch.ones_like(c.t), Target.SCORE)
+
+
+def inverse_variance() -> Weighting:
+    """Seed 003 "inverse variance": score-space weight lambda(t) = sigma_t^2 (Song et al. 2021, sec. 3.3:
+    lambda proportional to 1/E|grad log q(x_t|x0)|^2). It equals eps_simple: sigma^2 |ds|^2 = |d eps|^2."""
+    return Weighting("inverse_variance", lambda c, p: c.sigma**2, Target.SCORE)
+
+
+def likelihood() -> Weighting:
+    """Likelihood weighting: score-space weight g(t)^2 (Song et al. 2021b, "Maximum likelihood training of
+    score-based diffusion models", Thm. 1). With g^2 = -sigma^2 lambda', the eps weight is -lambda' = 2 x
+    nelbo."""
+    return Weighting("likelihood", lambda c, p: c.g2, Target.SCORE)
+
+
+WEIGHTINGS: dict[str, Callable[..., Weighting]] = {
+    "nelbo": nelbo,
+    "weighted": weighted,
+    "rescaled": rescaled,
+    "eps_simple": eps_simple,
+    "min_snr": min_snr,
+    "vlb_clipped": vlb_clipped,
+    "uniform_score": uniform_score,
+    "inverse_variance": inverse_variance,
+    "likelihood": likelihood,
+}
+
+
+def build_weighting(name: str, **options: object) -> Weighting:
+    """Build a weighting by name (see WEIGHTINGS); unknown names/options raise UnknownNameError."""
+    return build(WEIGHTINGS, name, "weighting", **options)
+
+
+__all__ = [
+    "WEIGHTINGS",
+    "Weighting",
+    "build_weighting",
+    "eps_simple",
+    "inverse_variance",
+    "likelihood",
+    "min_snr",
+    "nelbo",
+    "rescaled",
+    "uniform_score",
+    "vlb_clipped",
+    "weighted",
+]
