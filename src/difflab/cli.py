@@ -68,14 +68,15 @@ def _check_writable(path: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from difflab.experiments.config import config_to_dict, validate_config
-    from difflab.experiments.run import run_experiment
+    from difflab.experiments.kinds import pipeline
 
     raw = apply_sets(_load_toml(args.config), args.set)
-    config = validate_config(raw)
+    kind = raw.pop("kind", "toy2d")
+    run_experiment, validate_config, _ = pipeline(kind)
+    validate_config(raw)
     out = args.out or os.path.join("runs", Path(args.config).stem)
     _check_writable(out)
-    result = run_experiment(config_to_dict(config), out, progress=True)
+    result = run_experiment(raw, out, progress=True)
     print(json.dumps(result, indent=2, default=float))
     return 0
 
@@ -99,6 +100,14 @@ def _load_run(run_dir: str):
     return parts, trainer.ema_model()
 
 
+def _run_kind(run_dir: str) -> str:
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        raise CLIError(f"not a run directory (no config.json): {run_dir}")
+    with open(path) as f:
+        return str(json.load(f).get("kind", "toy2d"))
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -107,6 +116,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from difflab.experiments.build import natural_sampler
     from difflab.experiments.evaluate import _NoGradDenoiser, draw_samples
 
+    if _run_kind(args.run) == "images":
+        from difflab.experiments.images import sample_image_run
+
+        print(sample_image_run(args.run, args.sampler, args.steps, args.n, args.seed, args.out, args.grid))
+        return 0
     parts, denoiser = _load_run(args.run)
     ev = dataclasses.replace(parts.config.eval, steps=args.steps, grid=args.grid or parts.config.eval.grid)
     parts.config = dataclasses.replace(parts.config, eval=ev)
@@ -121,6 +135,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from difflab.experiments.evaluate import evaluate_run
 
+    if _run_kind(args.run) == "images":
+        from difflab.experiments.images import evaluate_image_run
+
+        print(json.dumps(evaluate_image_run(args.run), indent=2, default=float))
+        return 0
     parts, denoiser = _load_run(args.run)
     metrics, _ = evaluate_run(parts, denoiser)
     print(json.dumps(metrics, indent=2, default=float))
@@ -128,10 +147,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from difflab.experiments.config import validate_config
-    from difflab.experiments.run import run_experiment
+    from difflab.experiments.kinds import pipeline
     from difflab.experiments.study import apply_overrides, list_builtin_studies, load_study, run_study
-    from difflab.experiments.study_outputs import finish_study
 
     if args.list:
         for name, description in list_builtin_studies(BUILTIN_STUDIES):
@@ -139,6 +156,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         return 0
     study = load_study(args.study or "default", BUILTIN_STUDIES)
     study = apply_overrides(study, args.set)
+    run_experiment, validate_config, finish_study = pipeline(study.kind)
     out = args.out or os.path.join("runs", study.name)
     if not args.dry_run:
         _check_writable(out)

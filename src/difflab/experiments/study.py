@@ -56,7 +56,8 @@ RunFn = Callable[[dict, str], Mapping[str, Any]]
 ValidateFn = Callable[[dict], Any]
 
 TOP_LEVEL_TABLES = ("study", "fixed", "axes", "extra")
-STUDY_KEYS = ("name", "description")
+STUDY_KEYS = ("name", "description", "kind")
+STUDY_KINDS = ("toy2d", "images")
 DONE_STATUSES = frozenset({"finished", "diverged"})
 
 
@@ -83,6 +84,7 @@ class Study:
     axes: dict[str, list[Any]] = field(default_factory=dict)
     extras: tuple[Extra, ...] = ()
     path: str | None = None
+    kind: str = "toy2d"  # which run pipeline: "toy2d" (2D data) or "images"
 
     @property
     def axes_keys(self) -> list[str]:
@@ -203,7 +205,10 @@ def parse_study(data: Mapping[str, Any], default_name: str = "study", path: str 
     description = head.get("description", "")
     if not isinstance(name, str) or not name or not isinstance(description, str):
         raise StudyError(f"{where}: [study] name and description must be strings (name non-empty)")
-    return Study(name, description, fixed, axes, tuple(extras), path)
+    kind = head.get("kind", "toy2d")
+    if kind not in STUDY_KINDS:
+        raise StudyError(f"{where}: [study] kind {kind!r} is unknown; valid kinds: {', '.join(STUDY_KINDS)}")
+    return Study(name, description, fixed, axes, tuple(extras), path, kind)
 
 
 def list_builtin_studies(builtin_dir: str | os.PathLike[str]) -> list[tuple[str, str]]:
