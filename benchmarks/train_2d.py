@@ -67,8 +67,16 @@ def difflab_loop(x: torch.Tensor, args: argparse.Namespace) -> float:
     net = MLP(2, args.hidden, args.layers)
     denoiser = TargetDenoiser(net, process, "eps")
     objective = build_objective(process, target="eps", weighting="eps_simple")
-    cfg = TrainConfig(steps=args.steps + args.warmup, batch_size=args.batch, lr=1e-3, warmup=0,
-                      lr_schedule="constant", checkpoint_every=0, log_every=args.warmup, grad_clip=1.0)
+    cfg = TrainConfig(
+        steps=args.steps + args.warmup,
+        batch_size=args.batch,
+        lr=1e-3,
+        warmup=0,
+        lr_schedule="constant",
+        checkpoint_every=0,
+        log_every=args.warmup,
+        grad_clip=1.0,
+    )
     trainer = Trainer(denoiser, objective, x, cfg, args.steps + args.warmup)
     marks: list[float] = []
 
@@ -100,11 +108,16 @@ def main() -> None:
         plain.append(plain_loop(x, args))
         ours.append(difflab_loop(x, args))
     p, o = max(plain), max(ours)
-    print(f"threads {torch.get_num_threads()}  MLP {args.layers}x{args.hidden}  batch {args.batch}  steps {args.steps}")
+    print(
+        f"threads {torch.get_num_threads()}  MLP {args.layers}x{args.hidden}  "
+        f"batch {args.batch}  steps {args.steps}"
+    )
     print(f"plain PyTorch loop : {p:8.1f} steps/s  ({p * flops / 1e9:6.1f} GFLOP/s)")
     print(f"difflab Trainer    : {o:8.1f} steps/s  ({o * flops / 1e9:6.1f} GFLOP/s)")
     print(f"ratio difflab/plain: {o / p:.3f}   (target >= 0.9)")
-    print(f"matmul peak (1024^3 fp32): {peak:.1f} GFLOP/s; difflab reaches {o * flops / 1e9 / peak:.0%} of it")
+    print(
+        f"matmul peak (1024^3 fp32): {peak:.1f} GFLOP/s; difflab reaches {o * flops / 1e9 / peak:.0%} of it"
+    )
 
 
 if __name__ == "__main__":

@@ -8,10 +8,23 @@ import pytest
 from difflab.cli import main
 
 TINY = [
-    "data.n_train=2000", "data.n_test=600", "model.hidden=32", "model.layers=2", "train.steps=40",
-    "train.batch_size=128", "train.log_every=20", "train.checkpoint_every=20", "eval.n_samples=300",
-    "eval.steps=12", "eval.n_nll=40", "eval.n_nelbo=100", "eval.nelbo_t_draws=4", "eval.kde_n_eval=500",
-    "eval.nll_rtol=1e-3", "data.name=mixture8", "objective.weighting=nelbo",
+    "data.n_train=2000",
+    "data.n_test=600",
+    "model.hidden=32",
+    "model.layers=2",
+    "train.steps=40",
+    "train.batch_size=128",
+    "train.log_every=20",
+    "train.checkpoint_every=20",
+    "eval.n_samples=300",
+    "eval.steps=12",
+    "eval.n_nll=40",
+    "eval.n_nelbo=100",
+    "eval.nelbo_t_draws=4",
+    "eval.kde_n_eval=500",
+    "eval.nll_rtol=1e-3",
+    "data.name=mixture8",
+    "objective.weighting=nelbo",
     'objective.target=["eps", "v"]',
 ]
 
@@ -46,12 +59,14 @@ def test_tiny_study_runs_and_resumes(tmp_path, capsys):
     assert os.path.exists(os.path.join(out, "report.md"))
     pngs = os.listdir(os.path.join(out, "figures"))
     assert any(p.startswith("samples_mixture8") for p in pngs)
-    oracle = [d for d in os.listdir(os.path.join(out, "runs")) if d.startswith("oracle")][0]
+    oracle = next(d for d in os.listdir(os.path.join(out, "runs")) if d.startswith("oracle"))
     with open(os.path.join(out, "runs", oracle, "result.json")) as f:
         kl = json.load(f)["metrics"]["kl"]
     assert abs(kl) < 0.05  # the exact denoiser: KL ~ 0 up to solver tolerance and MC error (40 points)
     # a rerun finds every run finished and trains nothing
-    mtimes = {d: os.path.getmtime(os.path.join(out, "runs", d, "result.json")) for d in os.listdir(out + "/runs")}
+    mtimes = {
+        d: os.path.getmtime(os.path.join(out, "runs", d, "result.json")) for d in os.listdir(out + "/runs")
+    }
     assert main(args) == 0
     for d, m in mtimes.items():
         assert os.path.getmtime(os.path.join(out, "runs", d, "result.json")) == m
@@ -90,7 +105,7 @@ def test_unwritable_output(tmp_path, capsys):
 
 def test_train_config_errors(tmp_path, capsys):
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[model]\nwidth = 3\n')
+    cfg.write_text("[model]\nwidth = 3\n")
     assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 2
     assert "unknown key 'model.width'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -12,7 +12,9 @@ def test_defaults_round_trip():
 
 
 def test_unknown_key_lists_valid_keys():
-    with pytest.raises(ConfigError, match=r"unknown key 'train.stepz'.*valid keys in \[train\]: steps, epochs"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'train.stepz'.*valid keys in \[train\]: steps, epochs"
+    ):
         parse_config({"train": {"stepz": 10}})
     with pytest.raises(ConfigError, match="unknown key 'trian'"):
         parse_config({"trian": {}})

@@ -19,8 +19,16 @@ def _setup(target="eps", weighting="nelbo", seed=0, lr=2e-3, steps=40):
     den = TargetDenoiser(net, process, target)
     obj = build_objective(process, target=target, weighting=weighting)
     x = torch.randn(500, 2, generator=torch.Generator().manual_seed(1))
-    cfg = TrainConfig(steps=steps, batch_size=64, lr=lr, seed=seed, log_every=10, checkpoint_every=20,
-                      warmup=5, time_bins=10)
+    cfg = TrainConfig(
+        steps=steps,
+        batch_size=64,
+        lr=lr,
+        seed=seed,
+        log_every=10,
+        checkpoint_every=20,
+        warmup=5,
+        time_bins=10,
+    )
     return den, obj, x, cfg
 
 

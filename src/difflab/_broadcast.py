@@ -16,7 +16,9 @@ def expand_like(coef: Tensor, x: Tensor) -> Tensor:
     if coef.ndim == 0:
         return coef.to(x.dtype)
     if coef.ndim != 1 or coef.shape[0] != x.shape[0]:
-        raise ValueError(f"coefficient of shape {tuple(coef.shape)} does not match batch of shape {tuple(x.shape)}")
+        raise ValueError(
+            f"coefficient of shape {tuple(coef.shape)} does not match batch of shape {tuple(x.shape)}"
+        )
     return coef.to(x.dtype).reshape(coef.shape[0], *([1] * (x.ndim - 1)))
 
 

@@ -94,7 +94,9 @@ def _load_run(run_dir: str):
     parts = build_run_parts(config)
     if not parts.trainable:
         return parts, parts.denoiser
-    trainer = Trainer(parts.denoiser, parts.objective, parts.data.train, config.train, parts.total_steps, run_dir)
+    trainer = Trainer(
+        parts.denoiser, parts.objective, parts.data.train, config.train, parts.total_steps, run_dir
+    )
     if not trainer.maybe_resume():
         raise CLIError(f"no checkpoint in {run_dir}: train it first")
     return parts, trainer.ema_model()
@@ -201,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("study", help="run a factorial study (built-in name or TOML file)", formatter_class=fmt)
+    p = sub.add_parser(
+        "study", help="run a factorial study (built-in name or TOML file)", formatter_class=fmt
+    )
     p.add_argument("study", nargs="?", help="built-in study name or TOML file (default: the default study)")
     p.add_argument("--list", action="store_true", help="list the built-in studies")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key or axis")
@@ -216,7 +220,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from difflab.experiments.config import ConfigError
     from difflab.registry import UnknownNameError
 
-    user_errors: tuple[type[BaseException], ...] = (CLIError, ConfigError, UnknownNameError, FileNotFoundError)
+    user_errors: tuple[type[BaseException], ...] = (
+        CLIError,
+        ConfigError,
+        UnknownNameError,
+        FileNotFoundError,
+    )
     try:
         from difflab.experiments.study import StudyError
 

@@ -5,7 +5,8 @@ With x_t = alpha_t x0 + sigma_t eps (any Gaussian process, not only VP):
     x0:     x0
     eps:    eps                                     eps = (x_t - alpha x0) / sigma
     v:      v = alpha eps - sigma x0                (Salimans & Ho 2022)
-            x0 = (alpha x_t - sigma v) / (alpha^2 + sigma^2),  eps = (sigma x_t + alpha v) / (alpha^2 + sigma^2)
+            x0 = (alpha x_t - sigma v) / (alpha^2 + sigma^2)
+            eps = (sigma x_t + alpha v) / (alpha^2 + sigma^2)
     score:  s = -eps / sigma                        (score of q(x_t | x0); Tweedie: E[s] = grad log p_t)
 
 For one x_t, prediction errors obey alpha d_x0 + sigma d_eps = 0, hence in eps-space units
@@ -101,11 +102,11 @@ def error_scale(target: Target, c: Coefficients) -> Tensor:
 class TargetDenoiser(nn.Module):
     """Wrap a backbone ``net(x_t, t) -> prediction of target`` as a denoiser ``D(x_t, t) -> x0_hat``.
 
-    ``predict(x_t, t)`` returns both hub quantities (x0_hat, eps_hat). Coefficients are computed in float64 and
-    cast to the data dtype.
+    ``predict(x_t, t)`` returns both hub quantities (x0_hat, eps_hat). Coefficients are computed in float64
+    and cast to the data dtype.
 
-    With ``input_scaling`` the network sees c_in x_t, c_in = 1 / sqrt(alpha_t^2 data_std^2 + sigma_t^2), so its
-    input has unit variance at every t (Karras et al. 2022, Table 1, c_in); this matters for VE processes.
+    With ``input_scaling`` the network sees c_in x_t, c_in = 1 / sqrt(alpha_t^2 data_std^2 + sigma_t^2), so
+    its input has unit variance at every t (Karras et al. 2022, Table 1, c_in); this matters for VE processes.
     """
 
     def __init__(

@@ -7,8 +7,9 @@ For x0 ~ sum_k pi_k N(mu_k, Sigma_k) and x_t = alpha x0 + sigma eps, the margina
     E[x0 | x_t = x] = sum_k r_k(x) [mu_k + alpha Sigma_k C_k^{-1} (x - alpha mu_k)]
     Cov[x0 | x_t, k] = Sigma_k - alpha^2 Sigma_k C_k^{-1} Sigma_k
 
-With Sigma_k = U_k diag(l_k) U_k^T (eigendecomposition, done once), C_k = U_k diag(alpha^2 l_k + sigma^2) U_k^T,
-so every quantity costs O(B K D^2) with no per-time matrix inversion. This is the oracle the library is tested
+With Sigma_k = U_k diag(l_k) U_k^T (eigendecomposition, done once),
+C_k = U_k diag(alpha^2 l_k + sigma^2) U_k^T, so every quantity costs O(B K D^2) with no per-time matrix
+inversion. This is the oracle the library is tested
 against (Bishop 2006, sec. 2.3 for Gaussian conditioning; Song et al. 2021 for the score of p_t).
 """
 
@@ -39,7 +40,11 @@ class GaussianMixture:
         weights = torch.as_tensor(weights, dtype=torch.float64)
         means = torch.as_tensor(means, dtype=torch.float64)
         covs = torch.as_tensor(covs, dtype=torch.float64)
-        if means.ndim != 2 or covs.shape != (*means.shape, means.shape[1]) or weights.shape != means.shape[:1]:
+        if (
+            means.ndim != 2
+            or covs.shape != (*means.shape, means.shape[1])
+            or weights.shape != means.shape[:1]
+        ):
             raise ValueError("need weights (K,), means (K, D), covs (K, D, D)")
         if bool((weights < 0).any()) or float(weights.sum()) <= 0:
             raise ValueError("mixture weights must be non-negative with a positive sum")
@@ -90,7 +95,9 @@ class GaussianMixture:
 
     def covariance(self) -> Tensor:
         mu = self.mean()
-        second = torch.einsum("k,kij->ij", self.weights, self.covs + self.means[:, :, None] * self.means[:, None])
+        second = torch.einsum(
+            "k,kij->ij", self.weights, self.covs + self.means[:, :, None] * self.means[:, None]
+        )
         return second - mu[:, None] * mu[None, :]
 
     # --- sampling ------------------------------------------------------------------------------------
@@ -110,9 +117,10 @@ class GaussianMixture:
         diff = x[:, None, :] - alpha * self.means[None]  # (B, K, D)
         proj = torch.einsum("kdj,bkd->bkj", self.evecs, diff)  # U_k^T diff
         c_evals = alpha**2 * self.evals[None] + sigma**2  # (B, K, D)
-        log_comp = -0.5 * (
-            (proj**2 / c_evals).sum(-1) + torch.log(c_evals).sum(-1) + self.dim * _LOG_2PI
-        ) + torch.log(self.weights)[None]
+        log_comp = (
+            -0.5 * ((proj**2 / c_evals).sum(-1) + torch.log(c_evals).sum(-1) + self.dim * _LOG_2PI)
+            + torch.log(self.weights)[None]
+        )
         return proj, c_evals, log_comp, alpha, sigma
 
     def log_prob_at(self, x: Tensor, alpha: Tensor | float = 1.0, sigma: Tensor | float = 0.0) -> Tensor:

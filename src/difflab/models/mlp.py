@@ -11,7 +11,7 @@ ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
 
 
 class MLP(nn.Module):
-    """(x_t, t) -> tensor shaped like x_t.  No diffusion math: what the output means is the objective's business.
+    """(x_t, t) -> tensor shaped like x_t. No diffusion math: what the output means is the objective's.
 
     With ``time_embed`` the time passes through a sinusoidal embedding and a linear layer and is concatenated
     with x_t (seed 000's ``t_embed``); without it, t is one extra scalar input (seed 000's default model).
@@ -32,7 +32,9 @@ class MLP(nn.Module):
         act = ACTIVATIONS[activation]
         self.dim = dim
         if time_embed:
-            self.embed: nn.Module | None = nn.Sequential(SinusoidalEmbedding(embed_dim), nn.Linear(embed_dim, embed_dim))
+            self.embed: nn.Module | None = nn.Sequential(
+                SinusoidalEmbedding(embed_dim), nn.Linear(embed_dim, embed_dim)
+            )
             in_dim = dim + embed_dim
         else:
             self.embed = None

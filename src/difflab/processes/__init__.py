@@ -19,9 +19,22 @@ PROCESSES: dict[str, Callable[..., Process]] = {
 }
 
 
-def build_process(name: str, **kwargs: object) -> Process:
-    """Build a process by name (see PROCESSES); unknown names/options raise an error listing valid ones."""
-    return build(PROCESSES, name, "process", **kwargs)
+def build_process(
+    name: str, logsnr_min: float | None = None, logsnr_max: float | None = None, **kwargs: object
+) -> Process:
+    """Build a process by name (see PROCESSES); unknown names/options raise an error listing valid ones.
+
+    ``logsnr_max`` / ``logsnr_min`` set the clamps by log-SNR instead of time: t_min = t(logsnr_max),
+    t_max = t(logsnr_min) (e.g. logsnr_max = 10 stops at sigma/alpha = e^-5).
+    """
+    process = build(PROCESSES, name, "process", **kwargs)
+    if logsnr_max is not None:
+        process.t_min = float(process.t_of_logsnr(float(logsnr_max)))
+    if logsnr_min is not None:
+        process.t_max = float(process.t_of_logsnr(float(logsnr_min)))
+    if not 0.0 <= process.t_min < process.t_max <= 1.0:
+        raise ValueError(f"clamps give t_min={process.t_min:g}, t_max={process.t_max:g}: need t_min < t_max")
+    return process
 
 
 __all__ = [

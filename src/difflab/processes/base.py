@@ -67,7 +67,7 @@ class Coefficients:
     @property
     def g2(self) -> Tensor:
         """g(t)^2 = -sigma_t^2 d lambda_t / dt (Song et al. 2021, from the marginal variance ODE)."""
-        return -self.sigma**2 * self.d_logsnr
+        return -(self.sigma**2) * self.d_logsnr
 
 
 class Process(ABC):

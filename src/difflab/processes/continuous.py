@@ -48,7 +48,9 @@ class LinearVP(VarianceProcess):
 
     name = "linear_vp"
 
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-5, t_max: float = 1.0):
+    def __init__(
+        self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-5, t_max: float = 1.0
+    ):
         super().__init__(t_min, t_max)
         if not 0 <= beta_min < beta_max:
             raise ValueError(f"need 0 <= beta_min < beta_max, got {beta_min}, {beta_max}")
@@ -76,8 +78,9 @@ class LinearVP(VarianceProcess):
 class OrnsteinUhlenbeck(VarianceProcess):
     """Ornstein-Uhlenbeck process dx = -x dtau + sqrt(2) dw on tau in [0, horizon] (seed 003).
 
-    Time is rescaled to t = tau / horizon in [0, 1]: alpha_t = exp(-horizon t), sigma_t^2 = 1 - exp(-2 horizon t),
-    so f(t) = -horizon and g(t)^2 = 2 horizon. Seed 003 used tau in [0.01, 5]: horizon 5, t_min = 0.002.
+    Time is rescaled to t = tau / horizon in [0, 1]: alpha_t = exp(-horizon t),
+    sigma_t^2 = 1 - exp(-2 horizon t), so f(t) = -horizon and g(t)^2 = 2 horizon.
+    Seed 003 used tau in [0.01, 5]: horizon 5, t_min = 0.002.
     """
 
     name = "ou"
@@ -106,7 +109,9 @@ class SubVP(Process):
 
     name = "sub_vp"
 
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-5, t_max: float = 1.0):
+    def __init__(
+        self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-5, t_max: float = 1.0
+    ):
         super().__init__(t_min, t_max)
         self._vp = LinearVP(beta_min, beta_max, t_min, t_max)
 
@@ -135,7 +140,9 @@ class VE(Process):
 
     name = "ve"
 
-    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, t_min: float = 0.0, t_max: float = 1.0):
+    def __init__(
+        self, sigma_min: float = 0.01, sigma_max: float = 50.0, t_min: float = 0.0, t_max: float = 1.0
+    ):
         super().__init__(t_min, t_max)
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
