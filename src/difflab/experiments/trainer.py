@@ -38,9 +38,11 @@ class EMA:
         self.params = [p.detach().clone() for p in model.parameters()]
 
     @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
+    def update(self, model: nn.Module | list[Tensor], step: int) -> None:
+        """One EMA step; ``model`` may be the module or its (cached) parameter list."""
         d = min(self.decay, (1.0 + step) / (10.0 + step))
-        torch._foreach_lerp_(self.params, [p.detach() for p in model.parameters()], 1.0 - d)
+        params = model if isinstance(model, list) else list(model.parameters())
+        torch._foreach_lerp_(self.params, [p.detach() for p in params], 1.0 - d)
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
@@ -99,6 +101,12 @@ class Trainer:
     """Train ``denoiser`` (a TargetDenoiser wrapping the network) with ``objective`` on ``x_train``.
 
     ``objective(denoiser, x0, generator=g)`` must return an object with per-example ``loss`` and ``t``.
+
+    Optional (all default to the single-process behaviour): ``forward_model`` is the module handed to the
+    objective instead of ``denoiser`` (e.g. the same denoiser whose network is wrapped in
+    DistributedDataParallel, sharing its parameters); ``write=False`` never writes checkpoints (ranks other
+    than 0); ``extra`` is a dict of caller state (validation history, early stopping) saved in and restored
+    from the checkpoint with everything else.
     """
 
     def __init__(
@@ -109,15 +117,24 @@ class Trainer:
         config: TrainConfig,
         total_steps: int,
         run_dir: str | None = None,
+        forward_model: nn.Module | None = None,
+        write: bool = True,
     ) -> None:
         self.denoiser = denoiser
+        self.forward_model = forward_model if forward_model is not None else denoiser
+        self.write = write
+        self.extra: dict = {}
         self.objective = objective
         self.x_train = x_train
         self.config = config
         self.total_steps = total_steps
         self.run_dir = run_dir
-        params = [p for p in denoiser.parameters() if p.requires_grad]
-        self.optimizer = OPTIMIZERS[config.optimizer](params, lr=config.lr, weight_decay=config.weight_decay)
+        self._all_params = list(denoiser.parameters())  # cached: no module walk per step
+        params = [p for p in self._all_params if p.requires_grad]
+        # foreach: the multi-tensor update (one kernel per op over all parameters) instead of a Python loop
+        self.optimizer = OPTIMIZERS[config.optimizer](
+            params, lr=config.lr, weight_decay=config.weight_decay, foreach=True
+        )
         self.ema = EMA(denoiser, config.ema)
         self.step = 0
         self.history = TrainHistory(
@@ -162,6 +179,7 @@ class Trainer:
                 "diverged_at": h.diverged_at,
                 "seconds": h.seconds,
             },
+            "extra": self.extra,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -171,10 +189,11 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         for key, value in state["history"].items():
             setattr(self.history, key, value)
+        self.extra = dict(state.get("extra", {}))
 
     def save_checkpoint(self) -> None:
         path = self.checkpoint_path
-        if path is None:
+        if path is None or not self.write:
             return
         tmp = path + ".tmp"
         torch.save(self.state_dict(), tmp)
@@ -185,7 +204,8 @@ class Trainer:
         path = self.checkpoint_path
         if path is None or not os.path.exists(path):
             return False
-        self.load_state_dict(torch.load(path, weights_only=False))
+        device = next(self.denoiser.parameters()).device
+        self.load_state_dict(torch.load(path, weights_only=False, map_location=device))
         return True
 
     # --- training ------------------------------------------------------------------------------------
@@ -201,6 +221,7 @@ class Trainer:
         h.status = "running"
         model = self.denoiser
         model.train()
+        self.forward_model.train()
         n_bins = cfg.time_bins
         running = torch.zeros((), dtype=torch.float64)
         running_n = 0
@@ -211,7 +232,7 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, self.total_steps, cfg.warmup, cfg.lr_schedule)
             x0 = self.x_train[self.batch_indices(step)]
-            out = self.objective(model, x0, generator=step_generator(cfg.seed, step))
+            out = self.objective(self.forward_model, x0, generator=step_generator(cfg.seed, step))
             loss = out.loss.mean()
             if not torch.isfinite(loss):
                 h.status = "diverged"
@@ -220,15 +241,15 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(self._all_params, cfg.grad_clip, foreach=True)
             self.optimizer.step()
-            self.ema.update(model, step)
+            self.ema.update(self._all_params, step)
             with torch.no_grad():
-                per_example = out.loss.detach().to(torch.float64)
-                bins = torch.clamp((out.t.detach().to(torch.float64) * n_bins).long(), 0, n_bins - 1)
+                per_example = out.loss.detach().to(torch.float64).cpu()
+                bins = torch.clamp((out.t.detach().to(torch.float64).cpu() * n_bins).long(), 0, n_bins - 1)
                 h.time_bin_sum.index_add_(0, bins, per_example)
                 h.time_bin_count.index_add_(0, bins, torch.ones_like(per_example))
-                running += loss.detach().to(torch.float64)
+                running += loss.detach().to(torch.float64).cpu()
                 running_n += 1
             self.step += 1
             logged = self.step % cfg.log_every == 0 or self.step == self.total_steps
