@@ -42,7 +42,7 @@ def test_resume_is_exact(tmp_path):
     t1 = Trainer(den2, obj2, x2, cfg, cfg.steps, run_dir)
     assert t1.train(until=20).status == "running"  # interrupted at step 20, checkpoint written
     den3, obj3, x3, _ = _setup()
-    den3.net.body[0].weight.data.add_(1.0)  # garbage that the checkpoint must overwrite
+    den3.net.layers[0].weight.data.add_(1.0)  # garbage that the checkpoint must overwrite
     t2 = Trainer(den3, obj3, x3, cfg, cfg.steps, run_dir)
     assert t2.maybe_resume() and t2.step == 20
     h = t2.train()

@@ -50,7 +50,11 @@ class ModelConfig:
     time_embed: bool = True
     embed_dim: int = 32
     activation: str = "silu"
+    conditioning: str = "film"  # how the time embedding enters: "film" (scale-shift) or "concat"
     input_scaling: bool = True
+    # model-specific options of the non-diffusion baselines (difflab.experiments.baselines_2d), e.g.
+    # num_categories, latent_dim, latent_dims, tau_start, tau_end, init_from_data, vlb_weight
+    options: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,18 @@ class EvalConfig:
     kde_bandwidth: str = "scott"
     kde_n_eval: int = 5000
     seed: int = 1234
+    # options of the chosen sampler, e.g. {snr = 0.16, n_corrector = 1} for "pc" (see difflab.samplers)
+    sampler_options: dict = field(default_factory=dict)
+    # further samplers to draw and score (comma-separated names, e.g. "pc,ode_heun"); prefixed metric keys
+    also_samplers: str = ""
+    # seed 003's fixed KDE bandwidth in *raw* (unscaled) data units (h = 0.1 there); adds kde_kl_h (+ floor)
+    kde_h_raw: float | None = None
+    # per-mode sample fractions vs the true weights (mode_fractions.json in the run dir)
+    mode_fractions: bool = False
+    # E|s_theta - grad log p_t|^2 against t from the exact score of the law (score_error.json)
+    score_error: bool = False
+    score_error_n: int = 2000
+    score_error_bins: int = 40
 
 
 @dataclass(frozen=True)
@@ -185,7 +201,9 @@ def validate_config(data: dict | RunConfig) -> RunConfig:
         from difflab.experiments.build import build_run_parts
 
         build_run_parts(config, check_only=True)
-    except UnknownNameError as err:
+    except ConfigError:
+        raise
+    except (UnknownNameError, ValueError) as err:  # bad names, options or ranges of the parts
         raise ConfigError(str(err)) from None
     tr = config.train
     if tr.batch_size < 1 or total_steps(config) < 1 or tr.lr <= 0:
