@@ -1,10 +1,11 @@
 """Benchmark: training steps/s of difflab's Trainer against a plain PyTorch loop, same MLP, batch, optimizer.
 
-Wall-clock figures depend on what else the machine runs; steps per CPU-second (process time, one thread by
-default here) do not, so the ratio is reported for both. Both loops train the same eps-target MLP on the z-scored 8-mode mixture with the trig VP process, Adam and the
-same batch. difflab's loop additionally keeps an EMA, clips gradients, draws common random numbers per step
-and bins the loss by time; the target is a ratio >= 0.9. Achieved GFLOP/s (3 x forward matmul FLOPs per step)
-is compared with a measured float32 matmul peak on this machine. Prints its figures; nothing is asserted.
+Both loops train the same eps-target MLP on the z-scored 8-mode mixture with the trig VP process, Adam and
+the same batch. difflab's loop additionally keeps an EMA, clips gradients, draws common random numbers per
+step and bins the loss by time; the target is a ratio >= 0.9. Wall-clock figures depend on what else the
+machine runs; steps per CPU-second (process time) do not, so the ratio is reported for both, from medians of
+runs in ABBA order. Achieved GFLOP (3 x forward matmul FLOPs per step) per CPU-second is compared with a
+measured float32 matmul peak on this machine. Prints its figures; nothing is asserted.
 
     python benchmarks/train_2d.py [--hidden 256] [--layers 4] [--batch 1024] [--steps 300] [--threads N]
 """
@@ -115,10 +116,10 @@ def main() -> None:
     )
     for name, wall, cpu in (("plain PyTorch loop", p_wall, p_cpu), ("difflab Trainer", o_wall, o_cpu)):
         gflops = cpu * flops / 1e9
-        print(f"{name:19s}: {wall:8.1f} steps/s wall  {cpu:8.1f} steps/CPU-s  ({gflops:6.1f} GFLOP per CPU-s)")
+        print(f"{name:19s}: {wall:8.1f} steps/s wall  {cpu:8.1f} steps/CPU-s  ({gflops:6.1f} GFLOP/CPU-s)")
     print(f"ratio difflab/plain: wall {o_wall / p_wall:.3f}   CPU {o_cpu / p_cpu:.3f}   (target >= 0.9)")
     share = o_cpu * flops / 1e9 / peak
-    print(f"matmul peak (1024^3 fp32, wall): {peak:.1f} GFLOP/s; difflab per CPU-second reaches {share:.0%} of it")
+    print(f"matmul peak (1024^3 fp32): {peak:.1f} GFLOP/s; difflab per CPU-second reaches {share:.0%} of it")
 
 
 if __name__ == "__main__":
