@@ -70,7 +70,12 @@ def build_run_parts(config: RunConfig, check_only: bool = False) -> RunParts | N
     process = build_process(config.process.name, **config.process.options)
     obj = config.objective
     objective = build_objective(
-        process, target=obj.target, weighting=obj.weighting, time_dist=obj.time_dist, norm=obj.norm, **obj.options
+        process,
+        target=obj.target,
+        weighting=obj.weighting,
+        time_dist=obj.time_dist,
+        norm=obj.norm,
+        **obj.options,
     )
     lookup({m: m for m in MODELS}, config.model.name, "model")
     lookup(ACTIVATIONS, config.model.activation, "activation")
@@ -84,7 +89,9 @@ def build_run_parts(config: RunConfig, check_only: bool = False) -> RunParts | N
     lookup(GRIDS, config.eval.grid, "grid")
     m = config.model
     if m.name == "oracle" and TOY2D[config.data.name].law is None:
-        raise ConfigError(f"model 'oracle' needs a data set with a known density; {config.data.name!r} has none")
+        raise ConfigError(
+            f"model 'oracle' needs a data set with a known density; {config.data.name!r} has none"
+        )
     if config.train.checkpoint_every % config.train.log_every:
         raise ConfigError("train.checkpoint_every must be a multiple of train.log_every")
     if m.name not in DIFFUSION_MODELS:

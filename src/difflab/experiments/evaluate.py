@@ -32,27 +32,86 @@ class _NoGradDenoiser:
         return self.denoiser(x_t, t)
 
 
+def sampler_options_for(sampler: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``eval.sampler_options`` that ``sampler``'s function accepts (e.g. snr for pc)."""
+    import inspect
+
+    from difflab.samplers import SAMPLERS
+
+    params = inspect.signature(SAMPLERS[sampler].fn).parameters
+    return {k: v for k, v in options.items() if k in params}
+
+
 def draw_samples(parts: RunParts, denoiser: Any, sampler: str, n: int, seed: int) -> tuple[np.ndarray, int]:
-    """n samples with ``sampler`` on the run's grid; returns (samples, NFE). Same seed => same x_T across arms."""
+    """n samples with ``sampler`` on the run's grid; returns (samples, NFE). Same seed: same x_T across arms.
+
+    ``eval.sampler_options`` entries the sampler accepts are passed to it (e.g. ``snr``, ``n_corrector``)."""
     from difflab.samplers import SAMPLERS, prior_sample, time_grid
 
     ev = parts.config.eval
     spec = SAMPLERS[sampler]
+    options = sampler_options_for(sampler, ev.sampler_options)
     grid_kind = ev.grid
     grid = time_grid(parts.process, ev.steps, grid_kind)
     g = torch.Generator().manual_seed(seed)
     dim = parts.data.train.shape[1]
     x_T = prior_sample(parts.process, (n, dim), g, torch.float64)
     with torch.no_grad():
-        x0 = spec.fn(denoiser, parts.process, x_T, grid, generator=g)
-    return x0.numpy(), spec.nfe(ev.steps)
+        x0 = spec.fn(denoiser, parts.process, x_T, grid, generator=g, **options)
+    return x0.numpy(), spec.nfe(ev.steps, **options)
+
+
+def sample_quality(
+    parts_or_data: Any, x: np.ndarray | torch.Tensor, *, with_floor: bool = True
+) -> dict[str, float]:
+    """The 2D sample metrics of one sample set (:func:`~difflab.metrics.sample2d.sample_metrics`), plus,
+    behind the eval flags, seed 003's fixed-bandwidth KDE measure (``kde_kl_h`` and its floor, h given in raw
+    data units by ``eval.kde_h_raw`` and divided by the z-scoring scale) and per-mode fractions
+    (``mode_frac_<k>``; the true weights are ``law.weights``). Shared by diffusion and baseline runs so that
+    every row of a study is measured by the same code on the same reference, evaluation points and seeds."""
+    from difflab.metrics.sample2d import kde_kl, mode_coverage, sample_metrics
+
+    config, data = parts_or_data.config, parts_or_data.data
+    ev = config.eval
+    ref = data.test[: ev.n_samples].to(torch.float64)
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+    mg = torch.Generator().manual_seed(ev.seed + 2)
+    sm = sample_metrics(
+        x,
+        ref,
+        law=data.law,
+        modes=data.modes,
+        generator=mg,
+        fresh=data.sample_fresh,
+        kde_bandwidth_rule=ev.kde_bandwidth,
+        n_eval=ev.kde_n_eval,
+    )
+    out = {k: float(v) for k, v in sm.items() if with_floor or not k.endswith("_floor")}
+    if ev.kde_h_raw is not None and data.law is not None:
+        h = (ev.kde_h_raw / data.scale).to(torch.float64)
+        g = torch.Generator().manual_seed(ev.seed + 3)
+        pts = data.law.sample(ev.kde_n_eval, generator=g)
+        out["kde_kl_h"] = kde_kl(x, data.law, bandwidth=h, eval_points=pts).value
+        out["kde_h"] = float(h.log().mean().exp())
+        if with_floor:
+            fresh = data.sample_fresh(x.shape[0], torch.Generator().manual_seed(ev.seed + 4))
+            out["kde_kl_h_floor"] = kde_kl(fresh, data.law, bandwidth=h, eval_points=pts).value
+    if ev.mode_fractions and data.modes is not None:
+        cov = mode_coverage(x, data.modes, data.mode_weights)
+        for k, frac in enumerate(cov.fractions.tolist()):
+            out[f"mode_frac_{k}"] = float(frac)
+    return out
+
+
+def also_sampler_names(text: str) -> list[str]:
+    """``eval.also_samplers`` ("pc, ode_heun") as a list of names."""
+    return [s.strip() for s in text.split(",") if s.strip()]
 
 
 def evaluate_run(parts: RunParts, denoiser: Any) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """All metrics of one run. Returns (metrics, samples by sampler name)."""
     from difflab.likelihood.elbo import continuous_nelbo
     from difflab.likelihood.pf_ode import pf_ode_log_likelihood
-    from difflab.metrics.sample2d import sample_metrics
 
     ev = parts.config.eval
     data = parts.data
@@ -70,6 +129,8 @@ def evaluate_run(parts: RunParts, denoiser: Any) -> tuple[dict[str, float], dict
     metrics["nelbo"] = float(total.mean())
     metrics["nelbo_se"] = float(total.std() / math.sqrt(total.numel()))
     metrics["n_nelbo"] = int(total.numel())
+    if data.law is not None:  # E_q[log q] + NELBO >= KL(q || p_theta): the bound in nats per 2D point
+        metrics["kl_ub"] = float(data.law.log_prob(x_nelbo).mean() + elbo.total.mean())
 
     # exact NLL by the PF-ODE (exact divergence in 2D), and KL(q || p_theta) where q is known
     if ev.nll:
@@ -89,30 +150,17 @@ def evaluate_run(parts: RunParts, denoiser: Any) -> tuple[dict[str, float], dict
             metrics["kl_se"] = float(diff.std() / math.sqrt(diff.numel()))
             metrics["nll_true"] = float(-log_q.mean() / dim)
 
-    # samples: the target's natural sampler, and the ancestral one
+    # samples: the target's natural sampler (or eval.sampler), the ancestral one, and eval.also_samplers
     samplers = [ev.sampler if ev.sampler != "natural" else natural_sampler(parts.config.objective.target)]
     if ev.also_ancestral and "ancestral" not in samplers:
         samplers.append("ancestral")
+    samplers += [s for s in also_sampler_names(ev.also_samplers) if s not in samplers]
     samples: dict[str, np.ndarray] = {}
-    ref = data.test[: ev.n_samples].to(torch.float64)
     for i, name in enumerate(samplers):
         x, nfe = draw_samples(parts, den, name, ev.n_samples, ev.seed + 1)
         samples[name] = x
         prefix = "" if i == 0 else f"{name}_"
-        mg = torch.Generator().manual_seed(ev.seed + 2)
-        sm = sample_metrics(
-            torch.as_tensor(x),
-            ref,
-            law=data.law,
-            modes=data.modes,
-            generator=mg,
-            fresh=data.sample_fresh,
-            kde_bandwidth_rule=ev.kde_bandwidth,
-            n_eval=ev.kde_n_eval,
-        )
-        for key, value in sm.items():
-            if i > 0 and key.endswith("_floor"):
-                continue
+        for key, value in sample_quality(parts, x, with_floor=(i == 0)).items():
             metrics[prefix + key] = float(value)
         metrics[prefix + "nfe"] = int(nfe)
         if i == 0:

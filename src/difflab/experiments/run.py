@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from difflab.experiments.build import build_run_parts
+from difflab.experiments.build import DIFFUSION_MODELS, build_run_parts
 from difflab.experiments.config import RunConfig, config_to_dict, validate_config
 from difflab.experiments.trainer import Trainer
 
@@ -39,7 +39,9 @@ def train_run(config: RunConfig, run_dir: str | None, progress: bool = False):
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=parts.total_steps, initial=trainer.step, desc=config.label or "train", leave=False)
+            bar = tqdm(
+                total=parts.total_steps, initial=trainer.step, desc=config.label or "train", leave=False
+            )
 
             def callback(step: int, loss: float) -> None:
                 bar.n = step
@@ -57,6 +59,10 @@ def run_experiment(config_dict: dict, run_dir: str, progress: bool = False) -> d
     config = validate_config(config_dict)
     os.makedirs(run_dir, exist_ok=True)
     _write_json(os.path.join(run_dir, "config.json"), config_to_dict(config))
+    if config.model.name not in DIFFUSION_MODELS:  # VAE-family, learned-variance DDPM, the "truth" floor row
+        from difflab.experiments.baselines_2d import run_baseline
+
+        return run_baseline(config, run_dir)
     start = time.perf_counter()
     parts, trainer = train_run(config, run_dir, progress=progress)
     result: dict[str, Any] = {"status": "finished", "steps": 0}
@@ -79,6 +85,10 @@ def run_experiment(config_dict: dict, run_dir: str, progress: bool = False) -> d
         denoiser = trainer.ema_model()
     metrics, samples = evaluate_run(parts, denoiser)
     result.update(metrics)
+    if config.eval.score_error and parts.data.law is not None:
+        from difflab.experiments.score_diagnostics import write_score_error
+
+        result.update(write_score_error(parts, denoiser, run_dir))
     np.savez_compressed(os.path.join(run_dir, "samples.npz"), **samples)
     result["seconds"] = round(time.perf_counter() - start, 3)
     _write_json(os.path.join(run_dir, "metrics.json"), result)
