@@ -49,7 +49,7 @@ def test_hybrid_loss_vlb_finite_and_stop_gradient_on_the_mean(model) -> None:
     # gradient of L_vlb alone: nothing reaches the eps head of the read-out, the v head gets a gradient
     model.zero_grad()
     out.l_vlb.mean().backward()
-    w = model.net.body[-1].weight.grad
+    w = model.net.out.weight.grad
     assert float(w[:2].abs().max()) == 0.0
     assert float(w[2:].abs().max()) > 0.0
     # at the level of the outputs: d L_vlb / d eps_hat = 0 with stop-gradient, != 0 without

@@ -109,8 +109,7 @@ class LearnedVarianceDDPM(nn.Module):
         self.T = chain.T
         self.dim = dim
         self.vlb_weight = float(vlb_weight)
-        self.net = MLP(dim, hidden, layers, True, embed_dim, activation)
-        self.net.body[-1] = nn.Linear(hidden, 2 * dim)
+        self.net = MLP(dim, hidden, layers, True, embed_dim, activation, out_dim=2 * dim)
         abar = chain.alpha_bar  # (T+1,), abar[0] = 1
         beta = chain.betas
         post_var = chain.posterior_variance()  # (T,), beta_tilde_1 = 0

@@ -23,6 +23,8 @@ class MLP(nn.Module):
       every hidden layer, h <- act(h (1 + gamma(t)) + beta(t)), with gamma, beta zero at initialisation
       (feature-wise linear modulation, Perez et al. 2018; the scale-shift of Dhariwal & Nichol 2021).
 
+    ``out_dim`` (default ``dim``) widens the output, e.g. for a mean and a variance head.
+
     Why FiLM is the default: on whitened data the v target is uncorrelated with x_t (Cov(v, x_t) =
     alpha sigma - sigma alpha = 0), so a network near its linear regime gets no first-order signal for v; with
     32 embedding inputs beside 2 data inputs, the concatenating MLP's hidden units barely see x_t at
@@ -39,6 +41,7 @@ class MLP(nn.Module):
         embed_dim: int = 32,
         activation: str = "silu",
         conditioning: str = "film",
+        out_dim: int | None = None,
     ) -> None:
         super().__init__()
         if layers < 1 or hidden < 1:
@@ -62,7 +65,7 @@ class MLP(nn.Module):
                 nn.init.zeros_(mod.weight)
                 nn.init.zeros_(mod.bias)
                 self.modulation.append(mod)
-        self.out = nn.Linear(hidden, dim)
+        self.out = nn.Linear(hidden, dim if out_dim is None else out_dim)
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
         t = t.to(x_t.dtype)
