@@ -20,7 +20,8 @@ class MLP(nn.Module):
     - ``conditioning="concat"``: a sinusoidal embedding of t (through a linear layer) is concatenated with x_t
       (seed 000's ``t_embed``);
     - ``conditioning="film"`` (default): x_t enters the first layer alone and the embedding scales and shifts
-      every hidden layer, h <- act(h (1 + gamma(t)) + beta(t)), with gamma, beta zero at initialisation
+      every hidden layer, h <- act(h (1 + gamma(t)) + beta(t)), gamma and beta linear in the embedding and
+      zero at initialisation
       (feature-wise linear modulation, Perez et al. 2018; the scale-shift of Dhariwal & Nichol 2021).
 
     ``out_dim`` (default ``dim``) widens the output, e.g. for a mean and a variance head.
@@ -29,7 +30,8 @@ class MLP(nn.Module):
     alpha sigma - sigma alpha = 0), so a network near its linear regime gets no first-order signal for v; with
     32 embedding inputs beside 2 data inputs, the concatenating MLP's hidden units barely see x_t at
     initialisation and v-prediction stalled at its trivial loss (measured: 0.998 vs 0.869 with FiLM and
-    0.88 with raw t, 3x128 MLP, 1500 steps, mixture8), while eps-prediction learned with all three.
+    0.88 with raw t, 3x128 MLP, 1500 steps, mixture8), while eps-prediction learned with all three. In the
+    default study (2000 steps) every target under NELBO weighting then reached KL < 0.06 nats on mixture8.
     """
 
     def __init__(
@@ -54,14 +56,13 @@ class MLP(nn.Module):
         self.embed: nn.Module | None = None
         in_dim = dim + 1
         if time_embed:
-            width = hidden if self.film else embed_dim
-            self.embed = nn.Sequential(SinusoidalEmbedding(embed_dim), nn.Linear(embed_dim, width))
+            self.embed = nn.Sequential(SinusoidalEmbedding(embed_dim), nn.Linear(embed_dim, embed_dim))
             in_dim = dim if self.film else dim + embed_dim
         self.layers = nn.ModuleList(nn.Linear(in_dim if i == 0 else hidden, hidden) for i in range(layers))
         self.modulation = nn.ModuleList()
         if self.film:
             for _ in range(layers):
-                mod = nn.Linear(hidden, 2 * hidden)
+                mod = nn.Linear(embed_dim, 2 * hidden)  # from the embedding: cheap next to hidden^2
                 nn.init.zeros_(mod.weight)
                 nn.init.zeros_(mod.bias)
                 self.modulation.append(mod)
