@@ -33,7 +33,7 @@ def _config(model_name: str, **extra) -> dict:
 
 COMMON = (
     "nelbo",
-    "kl_ub",
+    "kl_elbo",
     "kde_kl",
     "kde_kl_floor",
     "kde_kl_h",
@@ -66,7 +66,7 @@ def test_baseline_rows_through_pipeline(tmp_path, model, extra, likelihood_key) 
         assert math.isfinite(r["kl"])
         assert r["nelbo"] >= r["nll"] - 0.05 or model == "truth"
     if model == "truth":
-        assert r["kl"] == 0.0 and r["kl_ub"] == 0.0
+        assert r["kl"] == 0.0 and r["kl_elbo"] == 0.0
         assert r["nll"] == pytest.approx(r["nll_true"])
     if model == "categorical_vae":
         table = json.loads((tmp_path / "contingency.json").read_text())

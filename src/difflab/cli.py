@@ -70,7 +70,8 @@ def _check_writable(path: str) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from difflab.experiments.kinds import pipeline
 
-    raw = apply_sets(_load_toml(args.config), args.set)
+    sets = [*args.set, *([f'train.device="{args.device}"'] if args.device else [])]
+    raw = apply_sets(_load_toml(args.config), sets)
     kind = raw.pop("kind", "toy2d")
     run_experiment, validate_config, _ = pipeline(kind)
     validate_config(raw)
@@ -99,7 +100,7 @@ def _load_run(run_dir: str):
     )
     if not trainer.maybe_resume():
         raise CLIError(f"no checkpoint in {run_dir}: train it first")
-    return parts, trainer.ema_model()
+    return parts, trainer.ema_model().cpu()
 
 
 def _run_kind(run_dir: str) -> str:
@@ -185,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="TOML file with [data] [process] [objective] [model] [train] [eval] tables")
     p.add_argument("--out", help="run directory (default runs/<config stem>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (shorthand for --set train.device=...)")
     p.set_defaults(func=cmd_train)
 
     from difflab.samplers import GRIDS, SAMPLERS

@@ -13,11 +13,11 @@
   "does one mode map to one category?".
 * ``gaussian_vae``: :class:`~difflab.baselines.GaussianVAE` (Kingma & Welling 2014): nelbo = -ELBO (Monte
   Carlo, ``n_elbo_samples`` draws), nll_iwae = -IWAE bound with ``n_importance`` samples (Burda et al.
-  2016), an upper bound on the NLL; kl_ub = E_q[log q] - ELBO >= KL.
+  2016), an upper bound on the NLL; kl_elbo = E_q[log q] - ELBO >= KL.
 * ``hierarchical_vae``: :class:`~difflab.baselines.HierarchicalVAE`, two stochastic layers; as gaussian_vae.
 * ``lv_ddpm``: :class:`~difflab.baselines.learned_variance.LearnedVarianceDDPM` (Nichol & Dhariwal 2021)
   on the run's ``ddpm`` chain, hybrid loss; nelbo = its discrete VLB summed over all T steps,
-  kl_ub = E_q[log q] + VLB >= KL; sampled ancestrally with its learned variance.
+  kl_elbo = E_q[log q] + VLB >= KL; sampled ancestrally with its learned variance.
 
 Every row reports nelbo / nll in nats per dimension and the same sample metrics as the diffusion rows
 (:func:`difflab.experiments.evaluate.sample_quality`: same reference set, evaluation points and seeds).
@@ -253,7 +253,7 @@ def run_baseline(config: RunConfig, run_dir: str) -> dict[str, Any]:
         _write_json(os.path.join(run_dir, "metrics.json"), result)
         return result
 
-    # --- likelihood: nelbo, nll (exact or a bound), kl / kl_ub -----------------------------------------
+    # --- likelihood: nelbo, nll (exact or a bound), kl / kl_elbo -----------------------------------------
     if model is not None:
         model = model.double().eval()
     ge = torch.Generator().manual_seed(ev.seed)
@@ -274,7 +274,7 @@ def run_baseline(config: RunConfig, run_dir: str) -> dict[str, Any]:
     result["nelbo_se"] = float(elbo.std() / math.sqrt(elbo.numel()) / dim)
     result["n_nelbo"] = int(elbo.numel())
     if law is not None:
-        result["kl_ub"] = float(law.log_prob(x_b).mean() - elbo.mean())
+        result["kl_elbo"] = float(law.log_prob(x_b).mean() - elbo.mean())
         result["nll_true"] = float(-law.log_prob(x_l).mean() / dim)
     if logp is not None:
         key = "nll" if exact else "nll_iwae"
@@ -289,7 +289,7 @@ def run_baseline(config: RunConfig, run_dir: str) -> dict[str, Any]:
                     float(diff.std() / math.sqrt(diff.numel())),
                 )
             else:  # the IWAE bound is below log p, so this is an upper bound on the KL
-                result["kl_ub_iwae"] = float(diff.mean())
+                result["kl_iwae_bound"] = float(diff.mean())
 
     # --- samples and their metrics --------------------------------------------------------------------
     gs = torch.Generator().manual_seed(ev.seed + 1)

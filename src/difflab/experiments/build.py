@@ -80,6 +80,7 @@ def build_run_parts(config: RunConfig, check_only: bool = False) -> RunParts | N
     lookup({m: m for m in MODELS}, config.model.name, "model")
     lookup(ACTIVATIONS, config.model.activation, "activation")
     lookup({c: c for c in CONDITIONINGS}, config.model.conditioning, "conditioning")
+    lookup({d: d for d in ("cpu", "cuda")}, config.train.device.split(":")[0], "device")
     lookup(TOY2D, config.data.name, "data set")
     lookup(OPTIMIZERS, config.train.optimizer, "optimizer")
     lookup({s: s for s in LR_SCHEDULES}, config.train.lr_schedule, "lr schedule")

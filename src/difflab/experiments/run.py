@@ -32,7 +32,9 @@ def train_run(config: RunConfig, run_dir: str | None, progress: bool = False):
     assert parts is not None
     trainer = None
     if parts.trainable:
-        x_train = parts.data.train.to(torch.float32)
+        device = torch.device(config.train.device)
+        parts.denoiser.to(device)
+        x_train = parts.data.train.to(torch.float32).to(device)
         trainer = Trainer(parts.denoiser, parts.objective, x_train, config.train, parts.total_steps, run_dir)
         trainer.maybe_resume()
         callback = None
@@ -82,7 +84,7 @@ def run_experiment(config_dict: dict, run_dir: str, progress: bool = False) -> d
             result["seconds"] = round(time.perf_counter() - start, 3)
             _write_json(os.path.join(run_dir, "metrics.json"), result)
             return result
-        denoiser = trainer.ema_model()
+        denoiser = trainer.ema_model().cpu()  # 2D evaluation runs on the CPU
     metrics, samples = evaluate_run(parts, denoiser)
     result.update(metrics)
     if config.eval.score_error and parts.data.law is not None:
