@@ -63,6 +63,20 @@ def test_tiny_study_runs_and_resumes(tmp_path, capsys):
     with open(os.path.join(out, "runs", oracle, "result.json")) as f:
         kl = json.load(f)["metrics"]["kl"]
     assert abs(kl) < 0.05  # the exact denoiser: KL ~ 0 up to solver tolerance and MC error (40 points)
+    # sample and evaluate a finished run from its directory
+    eps_run = os.path.join(out, "runs", next(d for d in os.listdir(os.path.join(out, "runs")) if "eps" in d))
+    npz = str(tmp_path / "s.npz")
+    assert main(["sample", eps_run, "--sampler", "ode_heun", "--steps", "5", "--n", "64", "--out", npz]) == 0
+    import numpy as np
+
+    with np.load(npz) as z:
+        assert z["samples"].shape == (64, 2) and np.isfinite(z["samples"]).all()
+    capsys.readouterr()
+    assert main(["evaluate", eps_run]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    with open(os.path.join(eps_run, "result.json")) as f:
+        recorded = json.load(f)["metrics"]
+    assert evaluated["nll"] == pytest.approx(recorded["nll"], rel=1e-9)  # same seeds, same figures
     # a rerun finds every run finished and trains nothing
     mtimes = {
         d: os.path.getmtime(os.path.join(out, "runs", d, "result.json")) for d in os.listdir(out + "/runs")
