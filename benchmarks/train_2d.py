@@ -19,8 +19,8 @@ import time
 import torch
 
 from difflab.data.toy2d import make_toy2d
-from difflab.experiments.config import TrainConfig
-from difflab.experiments.trainer import Trainer
+from difflab.experiments.toy2d.config import TrainConfig
+from difflab.experiments.training.trainer import Trainer
 from difflab.models.mlp import MLP
 from difflab.objectives import build_objective
 from difflab.parameterization import TargetDenoiser

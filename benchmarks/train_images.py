@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from difflab.experiments.config import TrainConfig
-from difflab.experiments.images_eval import draw_image_samples
-from difflab.experiments.trainer import Trainer
+from difflab.experiments.images.evaluate import draw_image_samples
+from difflab.experiments.toy2d.config import TrainConfig
+from difflab.experiments.training.trainer import Trainer
 from difflab.models.unet import UNet
 from difflab.objectives import build_objective
 from difflab.parameterization import TargetDenoiser

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from difflab.data.toy2d import make_toy2d
-from difflab.experiments.config import ConfigError, validate_config
-from difflab.experiments.score_diagnostics import score_error_curve, simulate_forward_sde
+from difflab.experiments.common.configs import ConfigError
+from difflab.experiments.toy2d.run import validate_config
+from difflab.experiments.toy2d.score import score_error_curve, simulate_forward_sde
 from difflab.metrics.sample2d import mode_coverage
 from difflab.objectives import build_objective
 from difflab.processes import build_process
@@ -144,7 +145,7 @@ def test_sampler_options_are_validated() -> None:
 def test_score_arm_through_pipeline(tmp_path) -> None:
     """A tiny score-matching run: pc sampler with options, extra PF-ODE samples, fixed-h KDE with its floor,
     mode fractions and the score-error curve are all written."""
-    from difflab.experiments.run import run_experiment
+    from difflab.experiments.toy2d.run import run_experiment
 
     cfg = _score_config(
         sampler="pc",
@@ -177,8 +178,8 @@ def test_score_arm_through_pipeline(tmp_path) -> None:
 
 def test_oracle_exact_kl_is_small() -> None:
     """The exact-score oracle's KL(q || p_theta) by the PF-ODE is below 0.01 nats at t_min = log-SNR 7.85."""
-    from difflab.experiments.build import build_run_parts
-    from difflab.experiments.evaluate import _NoGradDenoiser
+    from difflab.experiments.toy2d.build import build_run_parts
+    from difflab.experiments.toy2d.evaluate import NoGradDenoiser
     from difflab.likelihood.pf_ode import pf_ode_log_likelihood
 
     for name, opts in (("ou", {}), ("ddpm", {"T": 500, "schedule": "constant"})):
@@ -188,7 +189,7 @@ def test_oracle_exact_kl_is_small() -> None:
         parts = build_run_parts(validate_config(cfg))
         x = parts.data.test[:100].double()
         res = pf_ode_log_likelihood(
-            _NoGradDenoiser(parts.denoiser),
+            NoGradDenoiser(parts.denoiser),
             parts.process,
             x,
             divergence="exact",

@@ -1,12 +1,17 @@
 """The ``difflab`` command line: train | sample | evaluate | study.
 
 Bad input (unknown key or name, wrong type, missing file, unwritable output) prints one message and exits
-with status 2, having written nothing.
+with status 2, having written nothing. Every command reaches its pipeline through the run kind
+(:mod:`difflab.experiments.kind`): this module holds no kind-specific code.
+
+Training past one device: ``torchrun --nproc_per_node=N -m difflab.cli train CONFIG.toml --device cuda``
+(only rank 0 prints the result).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -16,164 +21,83 @@ from pathlib import Path
 BUILTIN_STUDIES = Path(__file__).parent / "studies"
 
 
-class CLIError(Exception):
-    """A user error: one message, exit code 2."""
-
-
-def _load_toml(path: str) -> dict:
-    import tomllib
-
-    if not os.path.isfile(path):
-        raise CLIError(f"config file not found: {path}")
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as err:
-        raise CLIError(f"{path}: invalid TOML: {err}") from None
-
-
-def _parse_value(text: str) -> object:
-    import tomllib
-
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def apply_sets(config: dict, sets: Sequence[str]) -> dict:
-    """Apply ``key.sub=value`` overrides (values parsed as TOML literals, else strings)."""
-    for item in sets:
-        if "=" not in item:
-            raise CLIError(f"--set expects key=value, got {item!r}")
-        key, text = item.split("=", 1)
-        node = config
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise CLIError(f"--set {key}: {part!r} is not a table")
-        node[parts[-1]] = _parse_value(text.strip())
-    return config
-
-
-def _check_writable(path: str) -> None:
-    probe = Path(path).absolute()
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise CLIError(f"output directory cannot be created: {probe} is not a directory")
-    if not os.access(probe, os.W_OK):
-        raise CLIError(f"output directory is not writable: {path}")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from difflab.experiments.kinds import pipeline
+    from difflab.experiments.common.overrides import apply_sets, load_toml
+    from difflab.experiments.common.rundir import DEFAULT_KIND, check_writable
+    from difflab.experiments.kind import get_kind
+    from difflab.experiments.training.dist import dist_info_from_env
 
     sets = [*args.set, *([f'train.device="{args.device}"'] if args.device else [])]
-    raw = apply_sets(_load_toml(args.config), sets)
-    kind = raw.pop("kind", "toy2d")
-    run_experiment, validate_config, _ = pipeline(kind)
-    validate_config(raw)
+    raw = apply_sets(load_toml(args.config), sets)
+    kind = get_kind(raw.pop("kind", DEFAULT_KIND))
+    kind.parse(raw)
     out = args.out or os.path.join("runs", Path(args.config).stem)
-    _check_writable(out)
-    result = run_experiment(raw, out, progress=True)
-    print(json.dumps(result, indent=2, default=float))
+    check_writable(out)
+    result = kind.run(raw, out, progress=True)
+    if dist_info_from_env().is_main:  # under torchrun every rank trains, rank 0 reports
+        print(json.dumps(result, indent=2, default=float))
     return 0
 
 
-def _load_run(run_dir: str):
-    from difflab.experiments.build import build_run_parts
-    from difflab.experiments.config import validate_config
-    from difflab.experiments.trainer import Trainer
-
-    cfg_path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(cfg_path):
-        raise CLIError(f"not a run directory (no config.json): {run_dir}")
-    with open(cfg_path) as f:
-        config = validate_config(json.load(f))
-    parts = build_run_parts(config)
-    if not parts.trainable:
-        return parts, parts.denoiser
-    trainer = Trainer(
-        parts.denoiser, parts.objective, parts.data.train, config.train, parts.total_steps, run_dir
-    )
-    if not trainer.maybe_resume():
-        raise CLIError(f"no checkpoint in {run_dir}: train it first")
-    return parts, trainer.ema_model().cpu()
-
-
-def _run_kind(run_dir: str) -> str:
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
-        raise CLIError(f"not a run directory (no config.json): {run_dir}")
-    with open(path) as f:
-        return str(json.load(f).get("kind", "toy2d"))
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
-    import dataclasses
+    from difflab.experiments.common.overrides import parse_value
+    from difflab.experiments.common.rundir import read_kind
+    from difflab.experiments.kind import SampleRequest, get_kind
 
-    import numpy as np
+    options = {}
+    for item in args.option:
+        key, sep, text = item.partition("=")
+        if not sep:
+            from difflab.experiments.common.overrides import OverrideError
 
-    from difflab.experiments.build import natural_sampler
-    from difflab.experiments.evaluate import _NoGradDenoiser, draw_samples
-
-    if _run_kind(args.run) == "images":
-        from difflab.experiments.images import sample_image_run
-
-        print(sample_image_run(args.run, args.sampler, args.steps, args.n, args.seed, args.out, args.grid))
-        return 0
-    parts, denoiser = _load_run(args.run)
-    ev = dataclasses.replace(parts.config.eval, steps=args.steps, grid=args.grid or parts.config.eval.grid)
-    parts.config = dataclasses.replace(parts.config, eval=ev)
-    sampler = args.sampler or natural_sampler(parts.config.objective.target)
-    x, nfe = draw_samples(parts, _NoGradDenoiser(denoiser), sampler, args.n, args.seed)
-    out = args.out or os.path.join(args.run, f"samples_{sampler}_{args.steps}.npz")
-    np.savez_compressed(out, samples=x)
-    print(f"wrote {len(x)} samples ({sampler}, {args.steps} steps, NFE {nfe}) to {out}")
+            raise OverrideError(f"--option expects name=value, got {item!r}")
+        options[key.strip()] = parse_value(text)
+    request = SampleRequest(args.n, args.steps, args.seed, args.sampler, args.grid, options, args.out)
+    print(get_kind(read_kind(args.run)).sample(args.run, request))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from difflab.experiments.evaluate import evaluate_run
+    from difflab.experiments.common.rundir import read_kind
+    from difflab.experiments.kind import get_kind
 
-    if _run_kind(args.run) == "images":
-        from difflab.experiments.images import evaluate_image_run
-
-        print(json.dumps(evaluate_image_run(args.run), indent=2, default=float))
-        return 0
-    parts, denoiser = _load_run(args.run)
-    metrics, _ = evaluate_run(parts, denoiser)
-    print(json.dumps(metrics, indent=2, default=float))
+    print(json.dumps(get_kind(read_kind(args.run)).evaluate(args.run), indent=2, default=float))
     return 0
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from difflab.experiments.kinds import pipeline
-    from difflab.experiments.study import apply_overrides, list_builtin_studies, load_study, run_study
+    from difflab.experiments.common.rundir import check_writable
+    from difflab.experiments.kind import get_kind, run_by_kind, validate_by_kind
+    from difflab.experiments.study.engine import run_study
+    from difflab.experiments.study.report import finish_study
+    from difflab.experiments.study.spec import apply_overrides, list_builtin_studies, load_study
 
     if args.list:
         for name, description in list_builtin_studies(BUILTIN_STUDIES):
             print(f"{name:32s} {description}")
         return 0
-    study = load_study(args.study or "default", BUILTIN_STUDIES)
-    study = apply_overrides(study, args.set)
-    run_experiment, validate_config, finish_study = pipeline(study.kind)
+    study = apply_overrides(load_study(args.study or "default", BUILTIN_STUDIES), args.set)
+    kind = get_kind(study.kind)
     out = args.out or os.path.join("runs", study.name)
     if not args.dry_run:
-        _check_writable(out)
+        check_writable(out)
     result = run_study(
         study,
-        run_fn=run_experiment,
-        validate_fn=validate_config,
+        run_fn=functools.partial(run_by_kind, study.kind),
+        validate_fn=functools.partial(validate_by_kind, study.kind),
         out_dir=out,
         workers=args.workers,
         dry_run=args.dry_run,
         progress=True,
     )
     if not args.dry_run:
-        print(finish_study(study, result, out))
+        rows, axes = result.rows, study.axes_keys
+        spec = kind.report(rows, out)
+        print(
+            finish_study(
+                study, rows, out, spec, kind.figures(rows, axes, out), kind.report_sections(rows, axes, out)
+            )
+        )
     return 0
 
 
@@ -193,11 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="draw samples from a trained run", formatter_class=fmt)
     p.add_argument("run", help="run directory")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: the target's natural sampler")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: the run's own sampler")
     p.add_argument("--steps", type=int, default=256)
     p.add_argument("--grid", choices=sorted(GRIDS), help="default: the run's eval.grid")
     p.add_argument("--n", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--option", action="append", default=[], metavar="NAME=VALUE", help="sampler option, e.g. eta=0.5"
+    )
     p.add_argument("--out", help="output .npz (default inside the run directory)")
     p.set_defaults(func=cmd_sample)
 
@@ -219,21 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from difflab.experiments.config import ConfigError
+    from difflab.experiments.common.configs import ConfigError
+    from difflab.experiments.common.overrides import OverrideError
+    from difflab.experiments.common.rundir import RunDirError
+    from difflab.experiments.study.plan import StudyError
     from difflab.registry import UnknownNameError
 
-    user_errors: tuple[type[BaseException], ...] = (
-        CLIError,
-        ConfigError,
-        UnknownNameError,
-        FileNotFoundError,
-    )
-    try:
-        from difflab.experiments.study import StudyError
-
-        user_errors += (StudyError,)
-    except ImportError:  # pragma: no cover
-        pass
+    user_errors = (ConfigError, OverrideError, RunDirError, StudyError, UnknownNameError, FileNotFoundError)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,343 @@
+"""Evaluation of an image run: sampling, image grids, FID/KID/IS with their floor, bits/dim.
+
+Sample quality (:func:`sample_quality`), in the feature space of a classifier trained on the data set itself
+(seed 001; :func:`difflab.models.classifier.load_or_train_classifier`, cached, test accuracy printed and
+recorded) or of the standard Inception network from a local TorchScript file:
+
+* reference set R = the training images (all of them, not capped by ``data.n_train``);
+* ``fid``, ``kid``, ``is``: the model's ``eval.n_samples`` samples against R;
+* the floor ``*_floor``: the held-out images (n_h of them) against R -- what a perfect model scores;
+* ``fid_same_n`` / ``kid_same_n``: the model's first n_h samples against R, the same n as the floor
+  (FID is biased upward at small n, so only same-n numbers compare with the floor).
+
+Bits/dim (:func:`bits_per_dim_metrics`):
+
+* ``bpd``: the discrete NELBO of Ho et al. (2020, eq. 5) with the step KLs
+  1/2 (SNR_{i-1} - SNR_i)|x0 - x0_hat|^2 and the *discretized* Gaussian decoder
+  N(x0_hat(x_1), sigma_1^2/alpha_1^2) integrated over the data's grey-level bins (256 for 8-bit images;
+  17 for the 0..16 digits), i.e. a discrete NLL: no dequantization needed.
+* ``bpd_pf_ode``: -log p of the probability-flow ODE (Song et al. 2021, sec. 4.3) with Hutchinson's trace
+  estimator (one Rademacher probe), on *uniformly dequantized* data y = x + (U - 1/2) w, w = 2/(levels - 1)
+  the bin width, plus log2(1/w) per dimension (Theis et al. 2016): an upper bound on the discrete NLL in
+  expectation. It is log p_{t_min} of the model's ODE, not log p_0 (see difflab.likelihood.pf_ode).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from difflab.experiments.common.configs import options_for
+from difflab.experiments.images.config import ImageRunConfig
+
+# --------------------------------------------------------------------------------------------- sampling
+
+
+def resolve_grid(process: Any, steps: int, grid: str) -> tuple[Tensor, int, str]:
+    """(time grid, grid steps used, grid kind). ``auto`` is ``discrete`` on a DDPM chain, else
+    ``uniform_logsnr``; on a chain's discrete grid ``steps >= T`` means the full chain (T - 1 grid steps plus
+    the final denoising: T network evaluations, Ho et al. Alg. 2)."""
+    from difflab.processes import DiscreteChain
+    from difflab.samplers import time_grid
+
+    kind = (
+        grid if grid != "auto" else ("discrete" if isinstance(process, DiscreteChain) else "uniform_logsnr")
+    )
+    if kind == "discrete":
+        steps = min(int(steps), process.T - 1)
+    return time_grid(process, steps, kind), steps, kind
+
+
+@torch.no_grad()
+def draw_image_samples(
+    denoiser: nn.Module,
+    process: Any,
+    shape: tuple[int, ...],
+    n: int,
+    *,
+    sampler: str,
+    steps: int,
+    grid: str = "auto",
+    options: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    batch: int = 1000,
+    device: torch.device | str = "cpu",
+) -> tuple[Tensor, dict[str, Any]]:
+    """n samples (float32 CPU, clamped to [-1, 1]) from ``sampler`` in batches; batch j draws x_T and all its
+    noise from a generator seeded with (seed, j) on ``device``, so the same seed gives the same samples for
+    every arm (changing ``batch`` changes the samples). ``options`` are passed to the sampler where its
+    signature accepts them (``eta`` for ddim, ``snr`` for pc, ...). Returns (samples, info with sampler,
+    sample_steps, sample_grid, nfe, eta)."""
+    from difflab.samplers import SAMPLERS, prior_sample
+
+    spec = SAMPLERS[sampler]
+    t_grid, used, kind = resolve_grid(process, steps, grid)
+    kwargs = options_for(spec.fn, options or {})
+    device = torch.device(device)
+    dtype = next(denoiser.parameters()).dtype
+    was = denoiser.training
+    denoiser.eval()
+    out = []
+    for j, lo in enumerate(range(0, n, batch)):
+        b = min(batch, n - lo)
+        g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + j)
+        x_T = prior_sample(process, (b, *shape), g, dtype, device)
+        x = spec.fn(denoiser, process, x_T, t_grid, generator=g, **kwargs)
+        out.append(x.clamp(-1.0, 1.0).float().cpu())
+    denoiser.train(was)
+    eta = float(kwargs.get("eta", 0.0))
+    info = {"sampler": sampler, "sample_steps": used, "sample_grid": kind, "nfe": spec.nfe(used), "eta": eta}
+    return torch.cat(out), info
+
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    """[-1, 1] images -> uint8 0..255 (N, C, H, W)."""
+    return ((x.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).numpy()
+
+
+# --------------------------------------------------------------------------------------------- features
+
+
+def cache_dir(config: ImageRunConfig) -> Path:
+    base = config.eval.cache_dir or os.environ.get("DIFFLAB_CACHE") or os.path.join("~", ".cache", "difflab")
+    return Path(base).expanduser()
+
+
+def feature_network(
+    config: ImageRunConfig, train: Any, test: Any, device: torch.device
+) -> tuple[nn.Module, dict]:
+    """The feature network and what to record about it (name; the classifier's test accuracy).
+
+    The classifier is trained once per (data set, settings) and cached; a file lock keeps parallel study
+    workers from training it twice at the same time.
+    """
+    from difflab.metrics.images import InceptionFeatures
+    from difflab.models.classifier import load_or_train_classifier
+
+    ev = config.eval
+    if ev.features == "inception":
+        assert ev.inception_path is not None
+        return InceptionFeatures.from_file(ev.inception_path, device), {"feature": "inception-2015-12-05"}
+    root = cache_dir(config)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "classifier.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            net, acc = load_or_train_classifier(
+                config.data.name, train, test, root, epochs=ev.classifier_epochs, device=device, verbose=True
+            )
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return net, {"feature": f"classifier:{config.data.name}", "classifier_test_acc": round(acc, 4)}
+
+
+def sample_quality(
+    net: nn.Module,
+    reference: Tensor,
+    heldout: Tensor,
+    samples: Tensor,
+    *,
+    seed: int = 0,
+    with_floor: bool = True,
+    feature: str | None = None,
+    kid_subsets: int = 50,
+) -> dict[str, Any]:
+    """FID, KID, IS of ``samples`` against ``reference``; with the floor (``heldout`` against ``reference``)
+    and the model at the floor's n (module docstring). KID: ``kid_subsets`` subsets of up to 1000.
+    Without the floor (tracking during training) only FID and IS are computed."""
+    from difflab.metrics.images import (
+        ImageMetrics,
+        extract_features,
+        fid_from_features,
+        inception_score_from_logits,
+    )
+
+    if not with_floor:
+        f_ref, _ = extract_features(net, reference, 500)
+        f_fake, logits = extract_features(net, samples, 500)
+        is_mean = (
+            inception_score_from_logits(logits, min(10, samples.shape[0]))[0]
+            if logits is not None
+            else float("nan")
+        )
+        return {"fid": fid_from_features(f_ref, f_fake), "is": is_mean}
+    metrics = ImageMetrics(net, batch_size=500, feature_name=feature)
+
+    def compute(fake: Tensor) -> dict[str, Any]:
+        sub = min(1000, fake.shape[0], reference.shape[0])
+        return metrics.compute(reference, fake, kid_subsets=kid_subsets, kid_subset_size=sub, seed=seed)
+
+    model = compute(samples)
+    n_h = min(heldout.shape[0], samples.shape[0])
+    floor = compute(heldout[:n_h])
+    same = model if n_h == samples.shape[0] else compute(samples[:n_h])
+    return {
+        "fid": model["fid"],
+        "kid": model["kid"],
+        "kid_std": model["kid_std"],
+        "is": model["is"],
+        "is_std": model["is_std"],
+        "n_fake": model["n_fake"],
+        "n_ref": model["n_real"],
+        "fid_floor": floor["fid"],
+        "kid_floor": floor["kid"],
+        "is_floor": floor["is"],
+        "fid_same_n": same["fid"],
+        "kid_same_n": same["kid"],
+        "n_floor": n_h,
+        "kid_subsets": kid_subsets,
+    }
+
+
+# --------------------------------------------------------------------------------------------- bits/dim
+
+
+def _first_level(process: Any, T: int) -> float:
+    from difflab.processes import DiscreteChain
+
+    return 1.0 / process.T if isinstance(process, DiscreteChain) else float(process.t_min)
+
+
+@torch.no_grad()
+def discrete_bpd(
+    denoiser: nn.Module,
+    process: Any,
+    x: Tensor,
+    *,
+    levels: int,
+    mc_steps: int,
+    T: int,
+    batch: int,
+    generator: torch.Generator,
+) -> Tensor:
+    """Per-image discrete NELBO in bits/dim with the discretized decoder over ``levels`` grey levels.
+
+    prior + sum of step KLs from :func:`difflab.likelihood.elbo.discrete_nelbo` (exact over all steps, or
+    ``mc_steps`` Monte-Carlo steps per image), reconstruction -log P(x0 | x_1) with
+    :func:`discretized_gaussian_log_likelihood` at ``bins = levels``.
+    """
+    from difflab.likelihood.elbo import discrete_nelbo, discretized_gaussian_log_likelihood
+    from difflab.processes import DiscreteChain
+
+    chain_T = None if isinstance(process, DiscreteChain) else T
+    t1 = _first_level(process, T)
+    c = process.coefficients(torch.tensor([t1], dtype=torch.float64))
+    log_scale = torch.log(c.sigma[0]) - torch.log(c.alpha[0])
+    out = []
+    for lo in range(0, x.shape[0], batch):
+        xb = x[lo : lo + batch]
+        res = discrete_nelbo(
+            denoiser,
+            process,
+            xb,
+            generator=generator,
+            decoder="gaussian",
+            exact_steps=mc_steps == 0,
+            n_steps_mc=max(1, mc_steps),
+            T=chain_T,
+            max_batch=batch,
+        )
+        eps = torch.randn(xb.shape, generator=generator, dtype=xb.dtype).to(xb.device)
+        x_1 = float(c.alpha[0]) * xb + float(c.sigma[0]) * eps
+        x0_hat = denoiser(x_1, torch.full((xb.shape[0],), t1, dtype=torch.float64, device=xb.device))
+        ll = discretized_gaussian_log_likelihood(xb, x0_hat, log_scale, bins=levels)
+        recon = -ll.reshape(xb.shape[0], -1).sum(1).cpu()
+        total = res.prior + recon + res.diffusion
+        out.append(total / (res.dim * math.log(2.0)))
+    return torch.cat(out)
+
+
+def pf_ode_bpd(
+    denoiser: nn.Module,
+    process: Any,
+    x: Tensor,
+    *,
+    levels: int,
+    solver: str,
+    steps: int,
+    rtol: float,
+    batch: int,
+    generator: torch.Generator,
+) -> tuple[Tensor, int]:
+    """Per-image PF-ODE bits/dim (Hutchinson, uniform dequantization; see the module docstring).
+
+    Returns (bpd, nfe). Turns off ``requires_grad`` of the denoiser's parameters (pass an evaluation copy)."""
+    from difflab.likelihood.pf_ode import bits_per_dim, pf_ode_log_likelihood
+    from difflab.processes import DiscreteChain
+
+    width = 2.0 / (levels - 1)
+    grid = "uniform_logsnr" if isinstance(process, DiscreteChain) else "uniform_t"
+    for p in denoiser.parameters():
+        p.requires_grad_(False)
+    out, nfe = [], 0
+    for lo in range(0, x.shape[0], batch):
+        xb = x[lo : lo + batch]
+        u = torch.rand(xb.shape, generator=generator, dtype=xb.dtype).to(xb.device)
+        y = xb + (u - 0.5) * width
+        res = pf_ode_log_likelihood(
+            denoiser,
+            process,
+            y,
+            divergence="hutchinson",
+            n_probes=1,
+            solver=solver,
+            steps=steps,
+            rtol=rtol,
+            atol=rtol,
+            generator=generator,
+            grid=grid,
+        )
+        out.append(bits_per_dim(res.log_prob.detach().cpu(), xb[0].numel(), bin_width=width))
+        nfe = max(nfe, res.nfe)
+    return torch.cat(out), nfe
+
+
+def _mean_se(v: Tensor) -> tuple[float, float]:
+    v = v.to(torch.float64)
+    se = float(v.std() / math.sqrt(v.numel())) if v.numel() > 1 else float("nan")
+    return float(v.mean()), se
+
+
+def bits_per_dim_metrics(
+    config: ImageRunConfig, denoiser: nn.Module, process: Any, x_val: Tensor, levels: int
+) -> dict[str, Any]:
+    """``bpd`` (discrete ELBO) and ``bpd_pf_ode`` on the first held-out images, with standard errors."""
+    ev = config.eval
+    out: dict[str, Any] = {}
+    g = torch.Generator().manual_seed(ev.seed + 17)
+    if ev.bpd and ev.n_bpd > 0:
+        v = discrete_bpd(
+            denoiser,
+            process,
+            x_val[: ev.n_bpd],
+            levels=levels,
+            mc_steps=ev.bpd_mc_steps,
+            T=ev.bpd_levels,
+            batch=ev.batch,
+            generator=g,
+        )
+        out["bpd"], out["bpd_se"] = _mean_se(v)
+        out["n_bpd"] = int(v.numel())
+    if ev.pf_ode and ev.n_pf_ode > 0:
+        v, nfe = pf_ode_bpd(
+            denoiser,
+            process,
+            x_val[: ev.n_pf_ode],
+            levels=levels,
+            solver=ev.pf_ode_solver,
+            steps=ev.pf_ode_steps,
+            rtol=ev.pf_ode_rtol,
+            batch=ev.batch,
+            generator=g,
+        )
+        out["bpd_pf_ode"], out["bpd_pf_ode_se"] = _mean_se(v)
+        out["n_pf_ode"], out["pf_ode_nfe"] = int(v.numel()), int(nfe)
+    return out

@@ -1,0 +1,367 @@
+"""Study reports: results rows grouped over seeds -> a markdown table (mean ± std, best in bold).
+
+A row is a flat dict as written to ``results.csv`` by :mod:`difflab.experiments.study.engine`: ``run_id``,
+optionally ``label`` (non-empty for extra runs such as the oracle), one value per axis key, ``status``,
+metric values, ``seconds``, ``steps`` and ``error``. Rows are grouped by every axis except seed-like ones
+(``seed``, ``*.seed``); each metric cell is the mean ± sample standard deviation (ddof = 1) over the finite
+values of the group, with the count stated where it is smaller than the group's size.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import statistics
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from difflab.experiments.study.plan import is_seed_key
+
+NON_METRIC_KEYS = frozenset({"run_id", "label", "status", "seconds", "steps", "error"})
+DIRECTIONS = ("min", "max")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass
+class Group:
+    """Runs that differ only in their seed: key values, run count, statuses and per-metric statistics."""
+
+    key: dict[str, Any]
+    n: int = 0
+    statuses: Counter = field(default_factory=Counter)
+    values: dict[str, list[float]] = field(default_factory=dict)
+    seconds: list[float] = field(default_factory=list)
+
+    def stats(self, metric: str) -> tuple[float, float, int] | None:
+        """(mean, sample std or NaN for one value, count) over the finite values, or None."""
+        vals = self.values.get(metric, [])
+        if not vals:
+            return None
+        std = statistics.stdev(vals) if len(vals) > 1 else math.nan
+        return statistics.fmean(vals), std, len(vals)
+
+    def status_summary(self) -> str:
+        """E.g. ``"3/3 finished"`` or ``"2/3 finished, 1/3 diverged"``."""
+        order = sorted(self.statuses, key=lambda s: (s != "finished", s))
+        return ", ".join(f"{self.statuses[s]}/{self.n} {s}" for s in order)
+
+
+@dataclass
+class Summary:
+    """Grouped view of a results table."""
+
+    group_keys: list[str]
+    seed_keys: list[str]
+    metrics: list[str]
+    directions: dict[str, str]
+    groups: list[Group]
+    best: dict[str, set[int]]
+
+
+def metric_names(rows: Sequence[Mapping[str, Any]], axes_keys: Sequence[str]) -> list[str]:
+    """Sorted keys that hold a number in at least one row and are neither axes nor bookkeeping."""
+    skip = NON_METRIC_KEYS | set(axes_keys)
+    names = {k for r in rows for k, v in r.items() if k not in skip and isinstance(v, int | float)}
+    return sorted(k for k in names if not all(isinstance(r.get(k), bool) for r in rows if k in r))
+
+
+def summarise(
+    rows: Sequence[Mapping[str, Any]],
+    axes_keys: Sequence[str],
+    metric_specs: Mapping[str, str] | None = None,
+    *,
+    metrics: Sequence[str] | None = None,
+    best_among_extras: bool = False,
+) -> Summary:
+    """Group rows over seeds and find the best group mean per metric.
+
+    Args:
+        rows: results rows.
+        axes_keys: the study's axis keys; seed-like ones are averaged over, the rest group.
+        metric_specs: metric -> "min" (lower is better, the default) or "max".
+        metrics: metric columns in order (default: every numeric metric, sorted).
+        best_among_extras: whether groups with a non-empty ``label`` (extras such as an oracle, which are
+            references) may be marked best.
+    """
+    specs = dict(metric_specs or {})
+    for name, direction in specs.items():
+        if direction not in DIRECTIONS:
+            raise ValueError(f"metric {name!r}: direction must be 'min' or 'max', got {direction!r}")
+    seed_keys = [k for k in axes_keys if is_seed_key(k)]
+    group_keys = [k for k in axes_keys if not is_seed_key(k)]
+    if any(r.get("label") for r in rows):
+        group_keys = ["label", *group_keys]
+    names = list(metrics) if metrics is not None else metric_names(rows, axes_keys)
+    groups: dict[tuple, Group] = {}
+    for row in rows:
+        key = tuple(_hashable(row.get(k)) for k in group_keys)
+        group = groups.setdefault(key, Group({k: row.get(k) for k in group_keys}))
+        group.n += 1
+        group.statuses[str(row.get("status", "unknown"))] += 1
+        for name in names:
+            if _finite(row.get(name)):
+                group.values.setdefault(name, []).append(float(row[name]))
+        if _finite(row.get("seconds")):
+            group.seconds.append(float(row["seconds"]))
+    ordered = list(groups.values())
+    best: dict[str, set[int]] = {}
+    for name in names:
+        sign = -1.0 if specs.get(name, "min") == "max" else 1.0
+        scored = [
+            (sign * st[0], i)
+            for i, g in enumerate(ordered)
+            if (best_among_extras or not g.key.get("label")) and (st := g.stats(name)) is not None
+        ]
+        if scored:
+            top = min(s for s, _ in scored)
+            best[name] = {i for s, i in scored if s == top}
+    directions = {name: specs.get(name, "min") for name in names}
+    return Summary(group_keys, seed_keys, names, directions, ordered, best)
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def format_value(mean: float, std: float, count: int, n: int) -> str:
+    """``mean ± std`` (4 and 2 significant digits), ``(n=k)`` when only k of the n runs have a value."""
+    text = f"{mean:.4g}" if math.isnan(std) else f"{mean:.4g} ± {std:.2g}"
+    return text if count == n else f"{text} (n={count})"
+
+
+def _cells(summary: Summary, bold: tuple[str, str]) -> tuple[list[str], list[list[str]]]:
+    arrows = {"min": "↓", "max": "↑"}
+    header = [*summary.group_keys, "n", "status"]
+    header += [f"{m} {arrows[summary.directions[m]]}" for m in summary.metrics] + ["seconds"]
+    body = []
+    for i, group in enumerate(summary.groups):
+        cells = ["" if group.key[k] is None else str(group.key[k]) for k in summary.group_keys]
+        cells += [str(group.n), group.status_summary()]
+        for name in summary.metrics:
+            st = group.stats(name)
+            if st is None:
+                cells.append("–")
+                continue
+            mean, std, count = st
+            text = format_value(mean, std, count, count)
+            if i in summary.best.get(name, ()):
+                text = f"{bold[0]}{text}{bold[1]}"
+            cells.append(text if count == group.n else f"{text} (n={count})")
+        cells.append(f"{statistics.fmean(group.seconds):.1f}" if group.seconds else "–")
+        body.append(cells)
+    return header, body
+
+
+def _render(header: list[str], body: list[list[str]], markdown: bool) -> str:
+    widths = [max(len(row[j]) for row in [header, *body]) for j in range(len(header))]
+    if markdown:
+
+        def line(cells: list[str]) -> str:
+            return "| " + " | ".join(c.replace("|", "\\|").ljust(w) for c, w in zip(cells, widths)) + " |"
+
+        rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+        return "\n".join([line(header), rule, *(line(r) for r in body)])
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() for cells in [header, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_table(
+    rows: Sequence[Mapping[str, Any]],
+    axes_keys: Sequence[str],
+    metric_specs: Mapping[str, str] | None = None,
+    *,
+    metrics: Sequence[str] | None = None,
+    style: str = "markdown",
+    best_among_extras: bool = False,
+) -> str:
+    """The grouped table as text: ``style="markdown"`` (best in ``**bold**``) or ``"plain"`` (best: ``*``).
+
+    Columns: non-seed axes (and ``label`` when there are extras), n, status summary, one column per metric
+    (↓ lower is better, ↑ higher), mean seconds per run.
+    """
+    if style not in ("markdown", "plain"):
+        raise ValueError(f"style must be 'markdown' or 'plain', got {style!r}")
+    summary = summarise(rows, axes_keys, metric_specs, metrics=metrics, best_among_extras=best_among_extras)
+    markdown = style == "markdown"
+    header, body = _cells(summary, ("**", "**") if markdown else ("", " *"))
+    return _render(header, body, markdown)
+
+
+def _fmt_setting(value: Any) -> str:
+    return (
+        f'"{value}"'
+        if isinstance(value, str)
+        else str(value).lower()
+        if isinstance(value, bool)
+        else str(value)
+    )
+
+
+def _header(title: str, description: str, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    statuses = Counter(str(r.get("status")) for r in rows)
+    lines = [f"# Study: {title}", ""]
+    if description:
+        lines += [description, ""]
+    return [
+        *lines,
+        f"- Date: {_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
+        f"- Runs: {len(rows)} ({', '.join(f'{c} {s}' for s, c in sorted(statuses.items()))})",
+        "",
+    ]
+
+
+def _settings(settings: Mapping[str, Any] | None) -> list[str]:
+    if not settings:
+        return []
+    return ["## Settings", ""] + [f"- `{k}` = {_fmt_setting(v)}" for k, v in settings.items()] + [""]
+
+
+def _axes(rows: Sequence[Mapping[str, Any]], axes_keys: Sequence[str]) -> list[str]:
+    if not axes_keys:
+        return []
+    lines = ["## Axes", ""]
+    for key in axes_keys:
+        seen: list[Any] = []
+        for r in rows:
+            if r.get(key) is not None and r.get(key) not in seen:
+                seen.append(r.get(key))
+        lines.append(f"- `{key}`: {', '.join(_fmt_setting(v) for v in seen)}")
+    return [*lines, ""]
+
+
+def _notes(notes: Sequence[str]) -> list[str]:
+    return ["## Notes", ""] + [f"- {note}" for note in notes] + [""] if notes else []
+
+
+def _errors(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    errors = [r for r in rows if r.get("error")]
+    if not errors:
+        return []
+    lines = ["## Errors", ""]
+    return lines + [f"- `{r['run_id']}`: {str(r['error']).splitlines()[0][:300]}" for r in errors] + [""]
+
+
+def _figures(figures: Sequence[str | os.PathLike[str]], out: Path) -> list[str]:
+    if not figures:
+        return []
+    lines = ["## Figures", ""]
+    for fig in figures:
+        rel = os.path.relpath(fig, out) if os.path.isabs(fig) else os.fspath(fig)
+        lines += [f"![{Path(rel).stem}]({rel})", ""]
+    return lines
+
+
+def write_report(
+    rows: Sequence[Mapping[str, Any]],
+    axes_keys: Sequence[str],
+    out_dir: str | os.PathLike[str],
+    metric_specs: Mapping[str, str] | None = None,
+    *,
+    title: str = "study",
+    description: str = "",
+    settings: Mapping[str, Any] | None = None,
+    notes: Sequence[str] = (),
+    metrics: Sequence[str] | None = None,
+    figures: Sequence[str | os.PathLike[str]] = (),
+    best_among_extras: bool = False,
+    filename: str = "report.md",
+    sections: Sequence[str] = (),
+) -> Path:
+    """Write ``out_dir/report.md``: header (study, date, settings, axes, notes), the grouped table, errors,
+    figures, then any extra ``sections`` (markdown text). Written atomically; returns its path.
+
+    ``metric_specs`` maps metric -> "min" | "max" (default "min"); ``metrics`` gives the columns in order
+    (default: every numeric metric, sorted); ``best_among_extras`` lets extra runs (non-empty label) be
+    marked best.
+    """
+    out = Path(out_dir)
+    summary = summarise(rows, axes_keys, metric_specs, metrics=metrics, best_among_extras=best_among_extras)
+    over = ", ".join(f"`{k}`" for k in summary.seed_keys) or "runs"
+    table = format_table(
+        rows, axes_keys, metric_specs, metrics=metrics, best_among_extras=best_among_extras, style="markdown"
+    )
+    results = [
+        "## Results",
+        "",
+        f"Mean ± sample standard deviation (ddof = 1) over {over}; n = runs per row, `(n=k)` where only k "
+        "have a finite value. ↓ lower is better, ↑ higher is better; the best row per column is in **bold**"
+        + ("" if best_among_extras else " (extra/reference rows are not candidates)")
+        + ". Seconds: mean wall time per run.",
+        "",
+        table,
+        "",
+    ]
+    lines = _header(title, description, rows) + _settings(settings) + _axes(rows, axes_keys) + _notes(notes)
+    lines += results + _errors(rows) + _figures(figures, out)
+    text = "\n".join(lines) + ("\n" + "\n".join(sections) if sections else "")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / filename
+    tmp = path.with_name(f"{filename}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """What a run kind shows in a study's report: listed metric columns first (in order), then any other
+    numeric metric the rows hold (sorted), so that no metric silently vanishes from ``report.md``."""
+
+    metrics: tuple[str, ...] = ()  # report columns, in order
+    terminal: tuple[str, ...] = ()  # columns of the plain table printed at the end
+    directions: Mapping[str, str] = field(default_factory=dict)  # metric -> "min" (default) | "max"
+    notes: tuple[str, ...] = ()
+    best_among_extras: bool = False
+
+    def columns(self, rows: Sequence[Mapping[str, Any]], axes_keys: Sequence[str]) -> list[str]:
+        """Listed metrics present in ``rows``, then every other numeric metric of ``rows``."""
+        listed = [m for m in self.metrics if any(m in r for r in rows)]
+        return listed + [m for m in metric_names(rows, axes_keys) if m not in listed]
+
+
+def finish_study(
+    study: Any,
+    rows: Sequence[Mapping[str, Any]],
+    out_dir: str | os.PathLike[str],
+    spec: ReportSpec,
+    figures: Sequence[str | os.PathLike[str]] = (),
+    sections: Sequence[str] = (),
+) -> str:
+    """Write ``report.md`` (once) and return the terminal table with the paths of results and report."""
+    out = os.fspath(out_dir)
+    axes_keys = list(study.axes_keys)
+    rel = [os.path.relpath(f, out) if os.path.isabs(f) else os.fspath(f) for f in figures]
+    write_report(
+        rows,
+        axes_keys,
+        out,
+        spec.directions,
+        title=study.name,
+        description=study.description,
+        settings=study.fixed,
+        notes=spec.notes,
+        metrics=spec.columns(rows, axes_keys),
+        figures=rel,
+        best_among_extras=spec.best_among_extras,
+        sections=sections,
+    )
+    terminal = [m for m in spec.terminal if any(m in r for r in rows)]
+    table = format_table(
+        rows,
+        axes_keys,
+        spec.directions,
+        metrics=terminal,
+        style="plain",
+        best_among_extras=spec.best_among_extras,
+    )
+    return (
+        f"{table}\n\nresults: {os.path.join(out, 'results.csv')}\nreport:  {os.path.join(out, 'report.md')}"
+    )

@@ -1,0 +1,166 @@
+"""One 2D run, end to end: validate, build, train (resuming from the run's checkpoint), evaluate, write
+outputs; and the same run loaded back from its directory to sample or re-evaluate it.
+
+Files in the run directory: ``config.json`` (resolved), ``checkpoint.pt`` (model, EMA, optimizer, step,
+history), ``history.json`` (loss by step and by time), ``metrics.json``, ``samples.npz``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from difflab.experiments.common.configs import ConfigError
+from difflab.experiments.common.rundir import RunDirError, read_config, write_json
+from difflab.experiments.toy2d.baselines import check_baseline_config, run_baseline
+from difflab.experiments.toy2d.build import DIFFUSION_MODELS, RunParts, build_run_parts, check_names
+from difflab.experiments.toy2d.config import RunConfig, config_to_dict, parse_config, total_steps
+from difflab.experiments.toy2d.evaluate import NoGradDenoiser, draw_samples, evaluate_run
+from difflab.experiments.training.trainer import Trainer
+from difflab.registry import UnknownNameError
+
+
+def validate_config(data: dict | RunConfig) -> RunConfig:
+    """Parse and check every name against its table (raises ConfigError listing valid choices)."""
+    config = parse_config(data) if isinstance(data, dict) else data
+    try:
+        process = check_names(config)
+        if config.model.name not in DIFFUSION_MODELS:
+            check_baseline_config(config, process)
+    except ConfigError:
+        raise
+    except (UnknownNameError, ValueError) as err:  # bad names, options or ranges of the parts
+        raise ConfigError(str(err)) from None
+    tr = config.train
+    if tr.batch_size < 1 or total_steps(config) < 1 or tr.lr <= 0:
+        raise ConfigError("train.batch_size, train.steps and train.lr must be positive")
+    if not 0.0 <= tr.ema < 1.0:
+        raise ConfigError(f"train.ema must lie in [0, 1), got {tr.ema}")
+    return config
+
+
+def _progress_bar(total: int, initial: int, desc: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=initial, desc=desc, leave=False)
+
+    def callback(step: int, loss: float) -> None:
+        bar.n = step
+        bar.set_postfix(loss=f"{loss:.4g}")
+        bar.refresh()
+
+    return callback
+
+
+def train_run(config: RunConfig, run_dir: str | None, progress: bool = False):
+    """Build and train a run (resuming from run_dir/checkpoint.pt if present). Returns (parts, trainer)."""
+    parts = build_run_parts(config)
+    trainer = None
+    if parts.trainable:
+        device = torch.device(config.train.device)
+        parts.denoiser.to(device)
+        x_train = parts.data.train.to(torch.float32).to(device)
+        trainer = Trainer(parts.denoiser, parts.objective, x_train, config.train, parts.total_steps, run_dir)
+        trainer.maybe_resume()
+        callback = (
+            _progress_bar(parts.total_steps, trainer.step, config.label or "train") if progress else None
+        )
+        trainer.train(callback)
+    return parts, trainer
+
+
+def _write_history(run_dir: str, trainer: Trainer) -> dict[str, Any]:
+    """history.json of a trained run; returns steps, train_seconds and final_loss."""
+    h = trainer.history
+    centres, by_time = h.loss_by_time()
+    write_json(
+        os.path.join(run_dir, "history.json"),
+        {"steps": h.steps, "loss": h.loss, "time_bins": centres, "loss_by_time": by_time},
+    )
+    return {
+        "steps": trainer.step,
+        "train_seconds": round(h.seconds, 3),
+        "final_loss": h.loss[-1] if h.loss else float("nan"),
+    }
+
+
+def run_experiment(config_dict: dict, run_dir: str, progress: bool = False) -> dict[str, Any]:
+    """Train and evaluate one run; the study engine's run function. Returns metrics and a status."""
+    config = validate_config(config_dict)
+    os.makedirs(run_dir, exist_ok=True)
+    write_json(os.path.join(run_dir, "config.json"), config_to_dict(config))
+    if config.model.name not in DIFFUSION_MODELS:  # VAE-family, learned-variance DDPM, the "truth" floor row
+        return run_baseline(config, run_dir)
+    start = time.perf_counter()
+    parts, trainer = train_run(config, run_dir, progress=progress)
+    result: dict[str, Any] = {"status": "finished", "steps": 0}
+    denoiser = parts.denoiser
+    if trainer is not None:
+        result.update(_write_history(run_dir, trainer))
+        if trainer.history.status == "diverged":
+            result.update(status="diverged", diverged_at=trainer.history.diverged_at)
+            result["seconds"] = round(time.perf_counter() - start, 3)
+            write_json(os.path.join(run_dir, "metrics.json"), result)
+            return result
+        denoiser = trainer.ema_model().cpu()  # 2D evaluation runs on the CPU
+    metrics, samples = evaluate_run(parts, denoiser)
+    result.update(metrics)
+    if config.eval.score_error and parts.data.law is not None:
+        from difflab.experiments.toy2d.score import write_score_error
+
+        result.update(write_score_error(parts, denoiser, run_dir))
+    np.savez_compressed(os.path.join(run_dir, "samples.npz"), **samples)
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    write_json(os.path.join(run_dir, "metrics.json"), result)
+    return result
+
+
+def load_trained(run_dir: str) -> tuple[RunParts, Any]:
+    """The parts of a finished diffusion run and its EMA denoiser (on the CPU), from the run directory."""
+    config = validate_config(read_config(run_dir))
+    if config.model.name not in DIFFUSION_MODELS:
+        raise RunDirError(f"{run_dir}: model {config.model.name!r} is a baseline; only diffusion runs load")
+    parts = build_run_parts(config)
+    if not parts.trainable:
+        return parts, parts.denoiser
+    trainer = Trainer(
+        parts.denoiser, parts.objective, parts.data.train, config.train, parts.total_steps, run_dir
+    )
+    if not trainer.maybe_resume():
+        raise RunDirError(f"no checkpoint in {run_dir}: train it first")
+    return parts, trainer.ema_model().cpu()
+
+
+def sample_run(
+    run_dir: str,
+    sampler: str | None,
+    steps: int,
+    n: int,
+    seed: int = 0,
+    out: str | None = None,
+    grid: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> str:
+    """Draw ``n`` samples from a finished run into an .npz (``samples``); returns a one-line summary."""
+    parts, denoiser = load_trained(run_dir)
+    ev = parts.config.eval
+    sampler_options = {**ev.sampler_options, **(options or {})}
+    ev = dataclasses.replace(ev, steps=steps, grid=grid or ev.grid, sampler_options=sampler_options)
+    parts.config = dataclasses.replace(parts.config, eval=ev)
+    sampler = sampler or ev.sampler_names(parts.config.objective.target)[0]
+    x, nfe = draw_samples(parts, NoGradDenoiser(denoiser), sampler, n, seed)
+    out = out or os.path.join(run_dir, f"samples_{sampler}_{steps}.npz")
+    np.savez_compressed(out, samples=x)
+    return f"wrote {len(x)} samples ({sampler}, {steps} steps, NFE {nfe}) to {out}"
+
+
+def evaluate_saved_run(run_dir: str) -> dict[str, Any]:
+    """Re-evaluate a finished diffusion run from its directory (same seeds: the recorded metrics)."""
+    parts, denoiser = load_trained(run_dir)
+    metrics, _ = evaluate_run(parts, denoiser)
+    return metrics

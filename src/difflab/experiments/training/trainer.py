@@ -1,0 +1,297 @@
+"""The trainer: Adam/AdamW, warm-up + cosine learning rate, EMA, gradient clipping, common random numbers,
+loss by time, divergence recorded as a result, and checkpoints that resume exactly.
+
+Common random numbers and exact resume come from one rule: every random draw of step k (minibatch, t, eps)
+comes from a generator seeded by (seed, k) alone. Two arms with the same seed therefore see the same data
+order, the same t and the same eps at every step, and a run resumed from a checkpoint at step k draws exactly
+what the uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+
+class TrainerSettings(Protocol):
+    """The fields the Trainer reads; every kind's train config (2D ``TrainConfig``, ``ImageTrainConfig``)
+    has them, so the trainer imports no config."""
+
+    optimizer: str
+    lr: float
+    weight_decay: float
+    ema: float
+    time_bins: int
+    seed: int
+    batch_size: int
+    warmup: int
+    lr_schedule: str
+    grad_clip: float
+    log_every: int
+    checkpoint_every: int
+
+
+_EPOCH_SALT = 0x5EED_DA7A
+_NOISE_SALT = 0x5EED_4015
+
+
+def step_generator(seed: int, step: int, salt: int = _NOISE_SALT) -> torch.Generator:
+    """A CPU generator whose state depends only on (seed, step, salt)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + salt) % (2**63 - 1))
+
+
+class EMA:
+    """Exponential moving average of parameters, theta_ema <- d theta_ema + (1 - d) theta, with the usual
+    warm-up d_k = min(decay, (1 + k) / (10 + k))."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.params = [p.detach().clone() for p in model.parameters()]
+
+    @torch.no_grad()
+    def update(self, model: nn.Module | list[Tensor], step: int) -> None:
+        """One EMA step; ``model`` may be the module or its (cached) parameter list."""
+        d = min(self.decay, (1.0 + step) / (10.0 + step))
+        params = model if isinstance(model, list) else list(model.parameters())
+        torch._foreach_lerp_(self.params, [p.detach() for p in params], 1.0 - d)
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        for p, q in zip(model.parameters(), self.params, strict=True):
+            p.copy_(q)
+
+    def state_dict(self) -> list[Tensor]:
+        return self.params
+
+    def load_state_dict(self, params: list[Tensor]) -> None:
+        self.params = [p.clone() for p in params]
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Linear warm-up over ``warmup`` steps, then constant or cosine decay to zero."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    raise ValueError(f"unknown lr schedule {schedule!r}; valid: constant, cosine")
+
+
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+}
+LR_SCHEDULES = ("constant", "cosine")
+
+
+@dataclass
+class TrainHistory:
+    """What the trainer records: loss per log interval, loss by time bin, status."""
+
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    time_bin_sum: Tensor | None = None
+    time_bin_count: Tensor | None = None
+    status: str = "running"
+    diverged_at: int | None = None
+    seconds: float = 0.0
+
+    def loss_by_time(self) -> tuple[list[float], list[float]]:
+        """(bin centres, mean loss per bin); empty bins are NaN."""
+        assert self.time_bin_sum is not None and self.time_bin_count is not None
+        n = self.time_bin_sum.numel()
+        centres = [(i + 0.5) / n for i in range(n)]
+        mean = (self.time_bin_sum / self.time_bin_count.clamp(min=1)).tolist()
+        mean = [m if c > 0 else float("nan") for m, c in zip(mean, self.time_bin_count.tolist(), strict=True)]
+        return centres, mean
+
+
+class Trainer:
+    """Train ``denoiser`` (a TargetDenoiser wrapping the network) with ``objective`` on ``x_train``.
+
+    ``objective(denoiser, x0, generator=g)`` must return an object with per-example ``loss`` and ``t``.
+
+    Optional (all default to the single-process behaviour): ``forward_model`` is the module handed to the
+    objective instead of ``denoiser`` (e.g. the same denoiser whose network is wrapped in
+    DistributedDataParallel, sharing its parameters); ``write=False`` never writes checkpoints (ranks other
+    than 0); ``extra`` is a dict of caller state (validation history, early stopping) saved in and restored
+    from the checkpoint with everything else.
+    """
+
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        objective: Callable,
+        x_train: Tensor,
+        config: TrainerSettings,
+        total_steps: int,
+        run_dir: str | None = None,
+        forward_model: nn.Module | None = None,
+        write: bool = True,
+    ) -> None:
+        self.denoiser = denoiser
+        self.forward_model = forward_model if forward_model is not None else denoiser
+        self.write = write
+        self.extra: dict = {}
+        self.objective = objective
+        self.x_train = x_train
+        self.config = config
+        self.total_steps = total_steps
+        self.run_dir = run_dir
+        self._all_params = list(denoiser.parameters())  # cached: no module walk per step
+        params = [p for p in self._all_params if p.requires_grad]
+        # foreach: the multi-tensor update (one kernel per op over all parameters) instead of a Python loop
+        self.optimizer = OPTIMIZERS[config.optimizer](
+            params, lr=config.lr, weight_decay=config.weight_decay, foreach=True
+        )
+        self.ema = EMA(denoiser, config.ema)
+        self.step = 0
+        self.history = TrainHistory(
+            time_bin_sum=torch.zeros(config.time_bins, dtype=torch.float64),
+            time_bin_count=torch.zeros(config.time_bins, dtype=torch.float64),
+        )
+        self._perm_epoch = -1
+        self._perm: Tensor | None = None
+        n = x_train.shape[0]
+        self.batch_size = min(config.batch_size, n)
+        self.steps_per_epoch = max(1, n // self.batch_size)
+
+    # --- randomness ----------------------------------------------------------------------------------
+    def batch_indices(self, step: int) -> Tensor:
+        """Indices of the minibatch of ``step``: epoch e is a permutation seeded by (seed, e)."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        if epoch != self._perm_epoch:
+            g = step_generator(self.config.seed, epoch, _EPOCH_SALT)
+            self._perm = torch.randperm(self.x_train.shape[0], generator=g)
+            self._perm_epoch = epoch
+        assert self._perm is not None
+        return self._perm[k * self.batch_size : (k + 1) * self.batch_size]
+
+    # --- checkpoints ---------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> str | None:
+        return os.path.join(self.run_dir, "checkpoint.pt") if self.run_dir else None
+
+    def state_dict(self) -> dict:
+        h = self.history
+        return {
+            "step": self.step,
+            "model": self.denoiser.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "history": {
+                "steps": h.steps,
+                "loss": h.loss,
+                "time_bin_sum": h.time_bin_sum,
+                "time_bin_count": h.time_bin_count,
+                "status": h.status,
+                "diverged_at": h.diverged_at,
+                "seconds": h.seconds,
+            },
+            "extra": self.extra,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.denoiser.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for key, value in state["history"].items():
+            setattr(self.history, key, value)
+        self.extra = dict(state.get("extra", {}))
+
+    def save_checkpoint(self) -> None:
+        path = self.checkpoint_path
+        if path is None or not self.write:
+            return
+        tmp = path + ".tmp"
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def maybe_resume(self) -> bool:
+        """Load the run directory's checkpoint if there is one; returns whether it did."""
+        path = self.checkpoint_path
+        if path is None or not os.path.exists(path):
+            return False
+        device = next(self.denoiser.parameters()).device
+        self.load_state_dict(torch.load(path, weights_only=False, map_location=device))
+        return True
+
+    # --- training ------------------------------------------------------------------------------------
+    def train(
+        self, progress: Callable[[int, float], None] | None = None, until: int | None = None
+    ) -> TrainHistory:
+        """Run until ``total_steps`` (or divergence, or step ``until`` if given: an interruption that keeps
+        the schedule of the full run). Returns the history; EMA weights are kept separately."""
+        cfg = self.config
+        h = self.history
+        if h.status in ("finished", "diverged"):
+            return h
+        h.status = "running"
+        model = self.denoiser
+        model.train()
+        self.forward_model.train()
+        n_bins = cfg.time_bins
+        running = torch.zeros((), dtype=torch.float64)
+        running_n = 0
+        start = time.perf_counter() - h.seconds
+        stop = self.total_steps if until is None else min(until, self.total_steps)
+        while self.step < stop:
+            step = self.step
+            for group in self.optimizer.param_groups:
+                group["lr"] = cfg.lr * lr_factor(step, self.total_steps, cfg.warmup, cfg.lr_schedule)
+            x0 = self.x_train[self.batch_indices(step)]
+            out = self.objective(self.forward_model, x0, generator=step_generator(cfg.seed, step))
+            loss = out.loss.mean()
+            if not torch.isfinite(loss):
+                h.status = "diverged"
+                h.diverged_at = step
+                break
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self._all_params, cfg.grad_clip, foreach=True)
+            self.optimizer.step()
+            self.ema.update(self._all_params, step)
+            with torch.no_grad():
+                per_example = out.loss.detach().to(torch.float64).cpu()
+                bins = torch.clamp((out.t.detach().to(torch.float64).cpu() * n_bins).long(), 0, n_bins - 1)
+                h.time_bin_sum.index_add_(0, bins, per_example)
+                h.time_bin_count.index_add_(0, bins, torch.ones_like(per_example))
+                running += loss.detach().to(torch.float64).cpu()
+                running_n += 1
+            self.step += 1
+            logged = self.step % cfg.log_every == 0 or self.step == self.total_steps
+            if logged:
+                h.steps.append(self.step)
+                h.loss.append(float(running) / max(1, running_n))
+                running.zero_()
+                running_n = 0
+            if cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0:
+                h.seconds = time.perf_counter() - start
+                self.save_checkpoint()
+            if logged and progress is not None:
+                progress(self.step, h.loss[-1])
+        h.seconds = time.perf_counter() - start
+        if h.status == "running" and self.step >= self.total_steps:
+            h.status = "finished"
+        self.save_checkpoint()
+        return h
+
+    def ema_model(self) -> nn.Module:
+        """A copy of the denoiser carrying the EMA weights (for sampling and evaluation)."""
+        import copy
+
+        model = copy.deepcopy(self.denoiser)
+        self.ema.copy_to(model)
+        model.eval()
+        return model
