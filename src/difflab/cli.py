@@ -30,7 +30,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     sets = [*args.set, *([f'train.device="{args.device}"'] if args.device else [])]
     raw = apply_sets(load_toml(args.config), sets)
     kind = get_kind(raw.pop("kind", DEFAULT_KIND))
-    kind.parse(raw)
+    config = kind.parse(raw)
+    if args.dry_run:
+        print(json.dumps(kind.to_dict(config), indent=2))
+        return 0
     out = args.out or os.path.join("runs", Path(args.config).stem)
     check_writable(out)
     result = kind.run(raw, out, progress=True)
@@ -40,18 +43,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from difflab.experiments.common.overrides import parse_value
+    from difflab.experiments.common.overrides import apply_sets
     from difflab.experiments.common.rundir import read_kind
     from difflab.experiments.kind import SampleRequest, get_kind
 
-    options = {}
-    for item in args.option:
-        key, sep, text = item.partition("=")
-        if not sep:
-            from difflab.experiments.common.overrides import OverrideError
-
-            raise OverrideError(f"--option expects name=value, got {item!r}")
-        options[key.strip()] = parse_value(text)
+    options = apply_sets({}, args.option)
     request = SampleRequest(args.n, args.steps, args.seed, args.sampler, args.grid, options, args.out)
     print(get_kind(read_kind(args.run)).sample(args.run, request))
     return 0
@@ -111,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default runs/<config stem>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--device", help="cpu, cuda or cuda:N (shorthand for --set train.device=...)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=cmd_train)
 
     from difflab.samplers import GRIDS, SAMPLERS

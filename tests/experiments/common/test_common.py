@@ -211,6 +211,9 @@ def test_train_prints_its_result_on_rank_zero_only(tmp_path, monkeypatch, capsys
         "[eval]\nn_samples = 50\nsteps = 3\nnll = false\nn_nelbo = 20\nnelbo_t_draws = 1\nkde_n_eval = 50\n"
         "also_ancestral = false\n"
     )
+    assert main(["train", str(cfg), "--dry-run", "--set", "train.device=cuda:1"]) == 0
+    resolved = json.loads(capsys.readouterr().out)
+    assert resolved["train"]["steps"] == 4 and resolved["train"]["device"] == "cuda:1"
     monkeypatch.setenv("RANK", "1")
     assert main(["train", str(cfg), "--out", str(tmp_path / "r1")]) == 0
     assert capsys.readouterr().out == ""
