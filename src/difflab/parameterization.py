@@ -149,7 +149,7 @@ def error_scale(target: Target, c: Coefficients) -> Tensor:
 class EDMPreconditioning:
     """EDM's c_skip, c_out, c_in, c_noise at VE noise level sigma (float64; Karras et al. 2022, Table 1):
 
-        c_skip = sigma_data^2 / (sigma^2 + sigma_data^2)     c_out = sigma sigma_data / sqrt(sigma^2 + sigma_data^2)
+    c_skip = sigma_data^2 / (sigma^2 + sigma_data^2)  c_out = sigma sigma_data / sqrt(sigma^2 + sigma_data^2)
         c_in   = 1 / sqrt(sigma^2 + sigma_data^2)            c_noise = ln(sigma) / 4
 
     and D(x; sigma) = c_skip x + c_out F(c_in x; c_noise) (eq. 7). In difflab's convention the VE state and
@@ -190,7 +190,8 @@ class TargetDenoiser(nn.Module):
 
     With ``preconditioning="edm"`` (target x0 only) the network is EDM's F: the prediction is
     D = c_skip x~ + c_out F(c_in x~, c_noise) with x~ = x_t / alpha_t, sigma~ = sigma_t / alpha_t and
-    sigma_data = ``data_std`` (:class:`EDMPreconditioning`); the network's time input is c_noise = ln(sigma~)/4.
+    sigma_data = ``data_std`` (:class:`EDMPreconditioning`); the network's time input is
+    c_noise = ln(sigma~)/4.
     The loss stays in D = x0 space, as EDM writes it (eq. 2, 8); ``input_scaling`` is implied (c_in).
     """
 

@@ -167,7 +167,7 @@ class DiscreteTime(TimeDistribution):
 
 class _TruncatedNormalTime(TimeDistribution):
     """z ~ N(mean, std^2) truncated to the z-range of [t_min, t_max], t = t(z) (a subclass gives z(t), t(z),
-    dz/dt). Drawn by inverse CDF; 1/p(t) = Z / (N(z_t; mean, std^2) |dz/dt|), Z = the mass inside the range."""
+    dz/dt). Drawn by inverse CDF; 1/p(t) = Z / (N(z_t; mean, std^2) |dz/dt|), Z = the mass in range."""
 
     mean: float
     std: float
@@ -227,7 +227,7 @@ class LogitNormalTime(_TruncatedNormalTime):
 
 
 class EDMLogNormalTime(_TruncatedNormalTime):
-    """EDM's noise-level density ln sigma~ ~ N(P_mean, P_std^2) (Karras et al. 2022, Table 1, "training"), with
+    """EDM's noise-level density ln sigma~ ~ N(P_mean, P_std^2) (Karras et al. 2022, Table 1, training), with
     the VE noise level sigma~ = sigma_t / alpha_t = e^{-lambda/2}: lambda ~ N(-2 P_mean, (2 P_std)^2),
     truncated to [lambda(t_max), lambda(t_min)], t = t(lambda). 1/p(t) = Z / (p(lambda_t) |lambda'(t)|).
 

@@ -210,7 +210,7 @@ def sigmoid(b: float = -2.0) -> Weighting:
 
 
 def _lognormal_logsnr_density(lam: Tensor, P_mean: float, P_std: float) -> Tensor:
-    """p(lambda) of lambda = -2 ln sigma~ for ln sigma~ ~ N(P_mean, P_std^2): N(lambda; -2 P_mean, (2 P_std)^2)."""
+    """p(lambda), lambda = -2 ln sigma~, ln sigma~ ~ N(P_mean, P_std^2): N(lambda; -2 P_mean, (2 P_std)^2)."""
     mean, std = -2.0 * P_mean, 2.0 * P_std
     return torch.exp(-0.5 * ((lam - mean) / std) ** 2) / (std * math.sqrt(2.0 * math.pi))
 
@@ -243,8 +243,8 @@ def edm(sigma_data: float = 0.5, P_mean: float = -1.2, P_std: float = 1.2) -> We
 
 
 def p2(k: float = 1.0, gamma: float = 1.0) -> Weighting:
-    """P2 (perception prioritized) weighting (Choi et al. 2022, eq. 8): lambda'_t = lambda_t / (k + SNR_t)^gamma,
-    where lambda_t is the weight that turns the VLB into L_simple, so the eps-space weight is
+    """P2 (perception prioritized) weighting (Choi et al. 2022, eq. 8): lambda'_t = lambda_t / (k + SNR_t)^g,
+    (g = gamma) where lambda_t is the weight that turns the VLB into L_simple, so the eps-space weight is
     (k + SNR_t)^-gamma. k = 1 as in the paper; gamma = 1 (the paper also uses 0.5); gamma = 0 is L_simple."""
     k, gamma = float(k), float(gamma)
     if not (k > 0 and gamma >= 0):

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.nn.functional import logsigmoid
 
-from difflab.processes.base import HALF_PI, DTYPE, Process, VarianceProcess
+from difflab.processes.base import DTYPE, HALF_PI, Process, VarianceProcess
 
 LOGSNR_MAX = 15.0
 """Default log-SNR at t_min of the linear interpolant (t_min = sigmoid(-7.5) = 5.5e-4)."""
@@ -71,7 +71,7 @@ class LinearInterpolant(Process):
 class ShiftedTrigVP(VarianceProcess):
     """Shifted cosine VP: alpha_t^2 = sigmoid(lambda_cos(t) + shift), shift = 2 log(base_resolution / d).
 
-    lambda_cos(t) = -2 log tan(pi t / 2) (the ``trig_vp`` log-SNR); Hoogeboom et al. 2023, eq. 4. Everything is
+    lambda_cos(t) = -2 log tan(pi t / 2) (the trig_vp log-SNR); Hoogeboom et al. 2023, eq. 4. Everything is
     written through log-sigmoids (no cancellation at either end):
         log alpha = 1/2 logsigmoid(lambda),  log sigma = 1/2 logsigmoid(-lambda),
         d log alpha/dt = 1/2 sigmoid(-lambda) lambda',  d log sigma/dt = -1/2 sigmoid(lambda) lambda',
