@@ -150,7 +150,7 @@ class EDMPreconditioning:
     """EDM's c_skip, c_out, c_in, c_noise at VE noise level sigma (float64; Karras et al. 2022, Table 1):
 
     c_skip = sigma_data^2 / (sigma^2 + sigma_data^2)  c_out = sigma sigma_data / sqrt(sigma^2 + sigma_data^2)
-        c_in   = 1 / sqrt(sigma^2 + sigma_data^2)            c_noise = ln(sigma) / 4
+    c_in   = 1 / sqrt(sigma^2 + sigma_data^2)             c_noise = ln(sigma) / 4
 
     and D(x; sigma) = c_skip x + c_out F(c_in x; c_noise) (eq. 7). In difflab's convention the VE state and
     noise level are x~ = x_t / alpha_t and sigma~ = sigma_t / alpha_t (EDM sec. 4, Table 1 "VP" column).
