@@ -374,7 +374,14 @@ MIXTURE_CASES = [
     ("pc", {}, "ve", "uniform_logsnr", 100),
     ("ode_euler", {}, "trig_vp", "uniform_logsnr", 200),
     ("ode_heun", {}, "trig_vp", "uniform_t", 50),
+    ("dpmpp_2m", {}, "trig_vp", "karras", 50),
+    ("edm_heun", {}, "linear_vp", "karras", 50),
+    ("edm_stochastic", {}, "ve", "karras", 100),
 ]
+
+
+def test_mixture_cases_cover_every_sampler() -> None:
+    assert {case[0] for case in MIXTURE_CASES} == set(SAMPLERS)
 
 
 @pytest.mark.parametrize(("name", "opts", "pname", "kind", "steps"), MIXTURE_CASES)
