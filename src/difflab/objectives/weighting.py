@@ -204,7 +204,8 @@ def elbo_weighting(name: str, w_of_logsnr: Callable[[Tensor], Tensor]) -> Weight
 
 def sigmoid(b: float = -2.0) -> Weighting:
     """Sigmoid weighting of the ELBO integrand, w(lambda) = sigmoid(b - lambda) (Kingma & Gao 2023, sec. 5,
-    "sigmoid weighting"; monotone, so an ELBO of noise-augmented data). Default shift b = -2."""
+    "sigmoid weighting"; monotone, so an ELBO of noise-augmented data). Default shift b = -2 (not checked
+    against the paper's text here: give b explicitly to reproduce a published setting)."""
     b = float(b)
     return elbo_weighting(f"sigmoid(b={b:g})", lambda lam: torch.sigmoid(b - lam))
 

@@ -101,9 +101,10 @@ def sample_edm(
     callback: Callback | None = None,
 ) -> Tensor:
     """EDM's stochastic sampler (Karras et al. 2022, Alg. 2; module docstring) on any grid (EDM uses the
-    ``karras`` grid). Defaults S_churn = 40, S_tmin = 0.05, S_tmax = 50, S_noise = 1.003 (EDM Table 5,
-    ImageNet-64); S_churn = 0 is the deterministic Heun sampler (Alg. 1), ``edm_heun``. Returns x0_hat at
-    t_min (``denoise_final``) or x_{t_min}. NFE = 2 steps + 1 (2 steps without the final denoising)."""
+    ``karras`` grid). Defaults S_churn = 40, S_tmin = 0.05, S_tmax = 50, S_noise = 1.003 (EDM's
+    ImageNet-64 setting, its example.py / Table 5); S_churn = 0 is the deterministic Heun sampler (Alg. 1),
+    ``edm_heun``. Returns x0_hat at t_min (``denoise_final``) or x_{t_min}. NFE = 2 steps + 1 (2 steps
+    without the final denoising)."""
     if S_churn < 0 or S_noise < 0 or S_tmin > S_tmax:
         raise ValueError(
             f"need S_churn >= 0, S_noise >= 0, S_tmin <= S_tmax; got {S_churn}, {S_noise}, {S_tmin}, {S_tmax}"
