@@ -258,3 +258,15 @@ def test_new_samplers_registered() -> None:
     assert SAMPLERS["edm_stochastic"].stochastic and not SAMPLERS["edm_heun"].stochastic
     with pytest.raises(ValueError, match="order"):
         sample_dpmpp_2m(lambda x, t: x, PROCS["ve"], torch.zeros(2, 2, dtype=F64), [1.0, 0.5], order=3)
+
+
+def test_unknown_sampler_and_grid_list_the_new_choices() -> None:
+    from difflab.registry import UnknownNameError
+    from difflab.samplers import get_sampler
+
+    with pytest.raises(UnknownNameError) as err:
+        get_sampler("dpm_solver")
+    for name in NEW:
+        assert name in str(err.value)
+    with pytest.raises(UnknownNameError, match="karras"):
+        time_grid(PROCS["ve"], 4, "edm")
