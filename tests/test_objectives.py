@@ -48,7 +48,7 @@ class HubNet(nn.Module):
         else:
             x0_hat = self.x0_fn(x_t, t)
         eps_hat = (x_t - a * x0_hat) / s
-        return from_hub(self.target, x0_hat, eps_hat, c.alpha, c.sigma)
+        return from_hub(self.target, x0_hat, eps_hat, c.alpha, c.sigma, d_alpha=c.d_alpha, d_sigma=c.d_sigma)
 
 
 def denoiser_for(process, target: str, theta=None, x0_fn=None) -> TargetDenoiser:

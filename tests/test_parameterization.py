@@ -57,6 +57,11 @@ def draw(p, n_rep: int = 4, dim: int = 3, seed: int = 0):
     return t, c, x0, eps, x_t
 
 
+def _derivs(c) -> dict:
+    """d_alpha, d_sigma: the flow target's conversions need them."""
+    return {"d_alpha": c.d_alpha, "d_sigma": c.d_sigma}
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-example relative error |a - b| / |b|."""
     return (a - b).norm(dim=1) / b.norm(dim=1)
@@ -67,8 +72,8 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def test_hub_round_trip(process_name: str, target: Target) -> None:
     p = PROCESS_CASES[process_name]
     _, c, x0, eps, x_t = draw(p)
-    out = from_hub(target, x0, eps, c.alpha, c.sigma)
-    x0_back, eps_back = to_hub(target, out, x_t, c.alpha, c.sigma)
+    out = from_hub(target, x0, eps, c.alpha, c.sigma, **_derivs(c))
+    x0_back, eps_back = to_hub(target, out, x_t, c.alpha, c.sigma, **_derivs(c))
     # relative 1e-12 per example; the x0 target divides by sigma (eps target by alpha), so where sigma (alpha)
     # is tiny the error is the cancellation in x_t - alpha x0: |x_t| ulp / sigma, i.e. 1e-16 / sigma_min
     c_bad = torch.maximum(1 / c.alpha, 1 / c.sigma)
@@ -82,8 +87,17 @@ def test_from_hub_formulas(target: Target) -> None:
     p = build_process("linear_vp")
     _, c, x0, eps, _ = draw(p)
     a, s = c.alpha[:, None], c.sigma[:, None]
-    expected = {Target.X0: x0, Target.EPS: eps, Target.V: a * eps - s * x0, Target.SCORE: -eps / s}[target]
-    torch.testing.assert_close(from_hub(target, x0, eps, c.alpha, c.sigma), expected, rtol=1e-14, atol=0)
+    da, ds = c.d_alpha[:, None], c.d_sigma[:, None]
+    expected = {
+        Target.X0: x0,
+        Target.EPS: eps,
+        Target.V: a * eps - s * x0,
+        Target.SCORE: -eps / s,
+        Target.FLOW: da * x0 + ds * eps,
+    }[target]
+    torch.testing.assert_close(
+        from_hub(target, x0, eps, c.alpha, c.sigma, **_derivs(c)), expected, rtol=1e-14, atol=0
+    )
 
 
 @pytest.mark.parametrize("process_name", list(PROCESS_CASES))
@@ -98,7 +112,9 @@ def test_error_identities(process_name: str, target: Target) -> None:
     # the perturbed pair is still on the hub of x_t
     x_t_back = c.alpha[:, None] * x0_hat + c.sigma[:, None] * eps_hat
     torch.testing.assert_close(x_t_back, x_t, rtol=1e-12, atol=0)
-    dX = from_hub(target, x0_hat, eps_hat, c.alpha, c.sigma) - from_hub(target, x0, eps, c.alpha, c.sigma)
+    dX = from_hub(target, x0_hat, eps_hat, c.alpha, c.sigma, **_derivs(c)) - from_hub(
+        target, x0, eps, c.alpha, c.sigma, **_derivs(c)
+    )
     lhs = (dX**2).sum(1)
     rhs = error_scale(target, c) * (d**2).sum(1)
     # dX is a difference of O(1) numbers, relative error ~ ulp / sqrt(m_X): worst 1.5e-9 (sub_vp's x0 target
@@ -127,7 +143,7 @@ class ExactTargetNet(nn.Module):
         c = self.process.coefficients(t.to(F64))
         x0_hat = self.gm.denoise_at(x_t, c.alpha, c.sigma)
         eps_hat = (x_t - c.alpha[:, None] * x0_hat) / c.sigma[:, None]
-        return from_hub(self.target, x0_hat, eps_hat, c.alpha, c.sigma)
+        return from_hub(self.target, x0_hat, eps_hat, c.alpha, c.sigma, **_derivs(c))
 
 
 @pytest.mark.parametrize("process_name", ["trig_vp", "linear_vp", "ve", "sub_vp"])
@@ -152,7 +168,7 @@ def test_target_denoiser_recovers_bayes_x0(process_name: str, target: Target) ->
 
 
 def test_target_names() -> None:
-    assert set(TARGETS) == {"x0", "eps", "v", "score"}
+    assert set(TARGETS) == {"x0", "eps", "v", "score", "flow"}
     assert parse_target("v") is Target.V and parse_target(Target.EPS) is Target.EPS
     with pytest.raises(UnknownNameError) as err:
         parse_target("velocity")

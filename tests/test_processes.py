@@ -37,6 +37,8 @@ CASES.update(
         "linear_vp-b10": build_process("linear_vp", beta_min=0.05, beta_max=10.0, t_min=1e-3),
         "sub_vp-b10": build_process("sub_vp", beta_min=0.05, beta_max=10.0),
         "trig_vp-wide": build_process("trig_vp", t_min=1e-3, t_max=0.999),
+        "trig_vp-shifted256": build_process("trig_vp", resolution=256),
+        "trig_vp-shifted32": build_process("trig_vp", resolution=32, t_min=1e-3),
     }
 )
 IDS = list(CASES)

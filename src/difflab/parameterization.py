@@ -8,18 +8,27 @@ With x_t = alpha_t x0 + sigma_t eps (any Gaussian process, not only VP):
             x0 = (alpha x_t - sigma v) / (alpha^2 + sigma^2)
             eps = (sigma x_t + alpha v) / (alpha^2 + sigma^2)
     score:  s = -eps / sigma                        (score of q(x_t | x0); Tweedie: E[s] = grad log p_t)
+    flow:   u = dx_t/dt = alpha' x0 + sigma' eps    (conditional velocity: Lipman et al. 2023 eq. 15;
+            = eps - x0 for the linear interpolant alpha = 1 - t, sigma = t, Liu et al. 2023 eq. 1)
+            with det = alpha sigma' - sigma alpha' = -alpha sigma lambda'/2 > 0:
+            x0 = (sigma' x_t - sigma u) / det,   eps = (alpha u - alpha' x_t) / det
 
 For one x_t, prediction errors obey alpha d_x0 + sigma d_eps = 0, hence in eps-space units
 
     |d_x0|^2 = (sigma/alpha)^2 |d_eps|^2      |d_v|^2 = ((alpha^2 + sigma^2)/alpha)^2 |d_eps|^2
-    |d_s|^2  = sigma^-2 |d_eps|^2
+    |d_s|^2  = sigma^-2 |d_eps|^2                |d_u|^2 = (sigma lambda' / 2)^2 |d_eps|^2
 
 :func:`error_scale` returns these factors m_X (|d_X|^2 = m_X |d_eps|^2). Kingma & Gao (2023), sec. 2.
+The flow target needs the time derivatives d_alpha, d_sigma (keyword arguments of the conversions).
+
+EDM preconditioning (Karras et al. 2022, Table 1 and eq. 7) is an option of :class:`TargetDenoiser` for the x0
+target (D-space, where EDM writes its loss): see :data:`PRECONDITIONINGS`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 
 import torch
@@ -40,6 +49,7 @@ class Target(str, Enum):
     EPS = "eps"
     V = "v"
     SCORE = "score"
+    FLOW = "flow"
 
 
 TARGETS: dict[str, Target] = {t.value: t for t in Target}
@@ -51,9 +61,31 @@ def parse_target(name: str | Target) -> Target:
     return lookup(TARGETS, name, "target")
 
 
-def to_hub(target: Target, out: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-    """Convert a prediction of ``target`` into (x0_hat, eps_hat). alpha, sigma: (B,) coefficients."""
+def _derivatives(
+    target: Target, d_alpha: Tensor | None, d_sigma: Tensor | None, x: Tensor
+) -> tuple[Tensor, Tensor]:
+    if d_alpha is None or d_sigma is None:
+        raise ValueError(f"target {target.value!r} needs d_alpha and d_sigma (the velocity dx_t/dt)")
+    return expand_like(d_alpha, x), expand_like(d_sigma, x)
+
+
+def to_hub(
+    target: Target,
+    out: Tensor,
+    x_t: Tensor,
+    alpha: Tensor,
+    sigma: Tensor,
+    *,
+    d_alpha: Tensor | None = None,
+    d_sigma: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Convert a prediction of ``target`` into (x0_hat, eps_hat). alpha, sigma (and d_alpha, d_sigma for the
+    flow target): (B,) coefficients."""
     a, s = expand_like(alpha, x_t), expand_like(sigma, x_t)
+    if target is Target.FLOW:
+        da, ds = _derivatives(target, d_alpha, d_sigma, x_t)
+        det = a * ds - s * da
+        return (ds * x_t - s * out) / det, (a * out - da * x_t) / det
     if target is Target.X0:
         x0 = out
         eps = (x_t - a * x0) / s
@@ -72,9 +104,21 @@ def to_hub(target: Target, out: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tenso
     return x0, eps
 
 
-def from_hub(target: Target, x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """The value of ``target`` for a pair (x0, eps)."""
+def from_hub(
+    target: Target,
+    x0: Tensor,
+    eps: Tensor,
+    alpha: Tensor,
+    sigma: Tensor,
+    *,
+    d_alpha: Tensor | None = None,
+    d_sigma: Tensor | None = None,
+) -> Tensor:
+    """The value of ``target`` for a pair (x0, eps) (the flow target also needs d_alpha, d_sigma)."""
     a, s = expand_like(alpha, x0), expand_like(sigma, x0)
+    if target is Target.FLOW:
+        da, ds = _derivatives(target, d_alpha, d_sigma, x0)
+        return da * x0 + ds * eps
     if target is Target.X0:
         return x0
     if target is Target.EPS:
@@ -96,7 +140,43 @@ def error_scale(target: Target, c: Coefficients) -> Tensor:
         return ((c.alpha**2 + c.sigma**2) / c.alpha) ** 2
     if target is Target.SCORE:
         return c.sigma**-2
+    if target is Target.FLOW:
+        return (0.5 * c.sigma * c.d_logsnr) ** 2
     raise ValueError(target)  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class EDMPreconditioning:
+    """EDM's c_skip, c_out, c_in, c_noise at VE noise level sigma (float64; Karras et al. 2022, Table 1):
+
+    c_skip = sigma_data^2 / (sigma^2 + sigma_data^2)  c_out = sigma sigma_data / sqrt(sigma^2 + sigma_data^2)
+    c_in   = 1 / sqrt(sigma^2 + sigma_data^2)             c_noise = ln(sigma) / 4
+
+    and D(x; sigma) = c_skip x + c_out F(c_in x; c_noise) (eq. 7). In difflab's convention the VE state and
+    noise level are x~ = x_t / alpha_t and sigma~ = sigma_t / alpha_t (EDM sec. 4, Table 1 "VP" column).
+    """
+
+    c_skip: Tensor
+    c_out: Tensor
+    c_in: Tensor
+    c_noise: Tensor
+
+    @classmethod
+    def at(cls, sigma: Tensor, sigma_data: float) -> EDMPreconditioning:
+        norm2 = sigma**2 + sigma_data**2
+        return cls(
+            c_skip=sigma_data**2 / norm2,
+            c_out=sigma * sigma_data / norm2.sqrt(),
+            c_in=norm2.rsqrt(),
+            c_noise=0.25 * torch.log(sigma),
+        )
+
+
+PRECONDITIONINGS: dict[str, str] = {
+    "none": "the network's output is the target itself",
+    "edm": "D = c_skip x~ + c_out F(c_in x~; c_noise) (Karras et al. 2022 eq. 7; x0 target only)",
+}
+"""Preconditioning names of :class:`TargetDenoiser` (unknown names are errors listing these)."""
 
 
 class TargetDenoiser(nn.Module):
@@ -107,6 +187,12 @@ class TargetDenoiser(nn.Module):
 
     With ``input_scaling`` the network sees c_in x_t, c_in = 1 / sqrt(alpha_t^2 data_std^2 + sigma_t^2), so
     its input has unit variance at every t (Karras et al. 2022, Table 1, c_in); this matters for VE processes.
+
+    With ``preconditioning="edm"`` (target x0 only) the network is EDM's F: the prediction is
+    D = c_skip x~ + c_out F(c_in x~, c_noise) with x~ = x_t / alpha_t, sigma~ = sigma_t / alpha_t and
+    sigma_data = ``data_std`` (:class:`EDMPreconditioning`); the network's time input is
+    c_noise = ln(sigma~)/4.
+    The loss stays in D = x0 space, as EDM writes it (eq. 2, 8); ``input_scaling`` is implied (c_in).
     """
 
     def __init__(
@@ -116,6 +202,7 @@ class TargetDenoiser(nn.Module):
         target: Target | str,
         input_scaling: bool = False,
         data_std: float = 1.0,
+        preconditioning: str = "none",
     ) -> None:
         super().__init__()
         self.net = net
@@ -123,10 +210,28 @@ class TargetDenoiser(nn.Module):
         self.target = parse_target(target)
         self.input_scaling = input_scaling
         self.data_std = float(data_std)
+        lookup(PRECONDITIONINGS, preconditioning, "preconditioning")
+        if preconditioning == "edm" and self.target is not Target.X0:
+            raise ValueError(
+                f"preconditioning 'edm' predicts D = x0_hat: needs target 'x0', got {self.target.value!r}"
+            )
+        self.preconditioning = preconditioning
+
+    def _edm(self, x_t: Tensor, t: Tensor) -> Tensor:
+        c = self.process.coefficients(t.detach().cpu())
+        pre = EDMPreconditioning.at(c.sigma / c.alpha, self.data_std)
+        x_ve = x_t / expand_like(c.alpha.to(x_t.device), x_t)
+        f = self.net(x_ve * expand_like(pre.c_in.to(x_t.device), x_t), pre.c_noise.to(x_t.device, x_t.dtype))
+        return (
+            expand_like(pre.c_skip.to(x_t.device), x_t) * x_ve
+            + expand_like(pre.c_out.to(x_t.device), x_t) * f
+        )
 
     def raw(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """The network's prediction in target space at (x_t, t)."""
+        """The network's prediction in target space at (x_t, t) (D = x0_hat with EDM preconditioning)."""
         t = batch_time(t, x_t)
+        if self.preconditioning == "edm":
+            return self._edm(x_t, t)
         if self.input_scaling:
             c = self.process.coefficients(t.detach().cpu())
             c_in = (c.alpha**2 * self.data_std**2 + c.sigma**2).rsqrt().to(x_t.device)
@@ -136,8 +241,10 @@ class TargetDenoiser(nn.Module):
     def predict(self, x_t: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
         t = batch_time(t, x_t)
         c = self.process.coefficients(t.detach().cpu())
-        alpha, sigma = c.alpha.to(x_t.device), c.sigma.to(x_t.device)
-        return to_hub(self.target, self.raw(x_t, t), x_t, alpha, sigma)
+        dev = x_t.device
+        alpha, sigma = c.alpha.to(dev), c.sigma.to(dev)
+        derivs = {"d_alpha": c.d_alpha.to(dev), "d_sigma": c.d_sigma.to(dev)}
+        return to_hub(self.target, self.raw(x_t, t), x_t, alpha, sigma, **derivs)
 
     def forward(self, x_t: Tensor, t: Tensor | float) -> Tensor:
         return self.predict(x_t, t)[0]

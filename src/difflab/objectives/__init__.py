@@ -14,6 +14,8 @@ from difflab.objectives.loss import (
 from difflab.objectives.time_dist import (
     TIME_DISTRIBUTIONS,
     DiscreteTime,
+    EDMLogNormalTime,
+    LogitNormalTime,
     LogSNRUniformTime,
     StratifiedTime,
     TimeDistribution,
@@ -28,7 +30,9 @@ __all__ = [
     "WEIGHTINGS",
     "DenoisingObjective",
     "DiscreteTime",
+    "EDMLogNormalTime",
     "LogSNRUniformTime",
+    "LogitNormalTime",
     "LossOutput",
     "Norm",
     "StratifiedTime",

@@ -180,13 +180,15 @@ class DenoisingObjective:
         w = self.weighting.weight(self.target, c, self.process)
         dev = x0.device
         alpha, sigma = c.alpha.to(dev), c.sigma.to(dev)
+        derivs = {"d_alpha": c.d_alpha.to(dev), "d_sigma": c.d_sigma.to(dev)}  # for the flow target
         x_t = expand_like(alpha, x0) * x0 + expand_like(sigma, x0) * eps
         t_dev = t.to(dev)
         if getattr(denoiser, "target", None) is self.target and hasattr(denoiser, "raw"):
             pred = denoiser.raw(x_t, t_dev)  # type: ignore[attr-defined]
         else:
-            pred = from_hub(self.target, *predict_hub(denoiser, x_t, t_dev, alpha, sigma), alpha, sigma)
-        value = from_hub(self.target, x0, eps, alpha, sigma)
+            hub = predict_hub(denoiser, x_t, t_dev, alpha, sigma)
+            pred = from_hub(self.target, *hub, alpha, sigma, **derivs)
+        value = from_hub(self.target, x0, eps, alpha, sigma, **derivs)
         raw_error = self.norm(pred - value)
         factor = (w * iw).to(device=dev, dtype=raw_error.dtype)
         return LossOutput(
@@ -219,9 +221,11 @@ def build_objective(
 ) -> DenoisingObjective:
     """Build a :class:`DenoisingObjective` from names (or objects).
 
-    ``options`` are routed to the component that accepts them: ``importance`` (objective), ``gamma`` /
-    ``clip`` (weighting), ``stratified`` (logsnr_uniform), ``delta`` (huber). An option no chosen component
-    accepts raises :class:`~difflab.registry.UnknownNameError` listing the valid ones.
+    ``options`` are routed to every component that accepts them: ``importance`` (objective), ``gamma`` /
+    ``clip`` / ``b`` / ``k`` / ``sigma_data`` (weighting), ``stratified`` (logsnr_uniform), ``m`` / ``s``
+    (logit_normal), ``delta`` (huber); ``P_mean`` / ``P_std`` go to both the ``edm`` weighting and the
+    ``edm_lognormal`` time distribution when both are chosen (one setting, consistent). An option no chosen
+    component accepts raises :class:`~difflab.registry.UnknownNameError` listing the valid ones.
     """
     slots: dict[str, dict[str, object]] = {"objective": {}, "weighting": {}, "time_dist": {}, "norm": {}}
     accepts = {"objective": {"importance"}, "weighting": set(), "time_dist": set(), "norm": set()}
@@ -232,11 +236,12 @@ def build_objective(
     if isinstance(norm, str) and norm in NORMS:
         accepts["norm"] = _option_names(NORMS[norm])
     for key, value in options.items():
-        owner = next((slot for slot, names in accepts.items() if key in names), None)
-        if owner is None:
+        owners = [slot for slot, names in accepts.items() if key in names]
+        if not owners:
             valid = ", ".join(sorted(set().union(*accepts.values())))
             raise UnknownNameError(f"unknown objective option {key!r}; valid options here: {valid}")
-        slots[owner][key] = value
+        for owner in owners:
+            slots[owner][key] = value
     w = weighting if isinstance(weighting, Weighting) else build_weighting(weighting, **slots["weighting"])
     p_t = (
         time_dist

@@ -18,6 +18,7 @@ So a per-step quantity summed over the chain (the discrete NELBO sum_i L_i) is T
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
@@ -164,11 +165,99 @@ class DiscreteTime(TimeDistribution):
         return torch.ones_like(torch.as_tensor(t, dtype=DTYPE))
 
 
+class _TruncatedNormalTime(TimeDistribution):
+    """z ~ N(mean, std^2) truncated to the z-range of [t_min, t_max], t = t(z) (a subclass gives z(t), t(z),
+    dz/dt). Drawn by inverse CDF; 1/p(t) = Z / (N(z_t; mean, std^2) |dz/dt|), Z = the mass in range."""
+
+    mean: float
+    std: float
+
+    def _z(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _t(self, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _dz_dt(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _setup(self, mean: float, std: float) -> None:
+        if not std > 0:
+            raise ValueError(f"time distribution {self.name!r} needs a positive std, got {std}")
+        self.mean, self.std = float(mean), float(std)
+        ends = self._z(torch.tensor([self.process.t_min, self.process.t_max], dtype=DTYPE))
+        lo, hi = torch.sort(ends).values
+        self._cdf_lo = float(torch.special.ndtr((lo - self.mean) / self.std))
+        self._cdf_hi = float(torch.special.ndtr((hi - self.mean) / self.std))
+        self.mass = self._cdf_hi - self._cdf_lo
+        if not self.mass > 0:
+            raise ValueError(f"{self.name!r}: no probability mass inside [t_min, t_max] of {self.process!r}")
+
+    def _draw(self, n, generator, device):
+        u = self._cdf_lo + self.mass * _uniform(n, generator, device)
+        z = self.mean + self.std * torch.special.ndtri(u)
+        p = self.process
+        return torch.clamp(self._t(z), p.t_min, p.t_max)
+
+    def importance(self, t: Tensor) -> Tensor:
+        t = torch.as_tensor(t, dtype=DTYPE)
+        z = (self._z(t) - self.mean) / self.std
+        density = torch.exp(-0.5 * z**2) / (self.std * math.sqrt(2.0 * math.pi)) * self._dz_dt(t).abs()
+        return self.mass / density
+
+
+class LogitNormalTime(_TruncatedNormalTime):
+    """Logit-normal t: logit(t) ~ N(m, s^2) (Esser et al. 2024, SD3, eq. 19; m = 0, s = 1 their default),
+    truncated to [t_min, t_max]: p(t) = N(logit t; m, s^2) / (t (1 - t) Z); weight 1/p(t)."""
+
+    name = "logit_normal"
+
+    def __init__(self, process: Process, m: float = 0.0, s: float = 1.0) -> None:
+        super().__init__(process)
+        self._setup(m, s)
+
+    def _z(self, t: Tensor) -> Tensor:
+        return torch.logit(t)
+
+    def _t(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(z)
+
+    def _dz_dt(self, t: Tensor) -> Tensor:
+        return 1.0 / (t * (1.0 - t))
+
+
+class EDMLogNormalTime(_TruncatedNormalTime):
+    """EDM's noise-level density ln sigma~ ~ N(P_mean, P_std^2) (Karras et al. 2022, Table 1, training), with
+    the VE noise level sigma~ = sigma_t / alpha_t = e^{-lambda/2}: lambda ~ N(-2 P_mean, (2 P_std)^2),
+    truncated to [lambda(t_max), lambda(t_min)], t = t(lambda). 1/p(t) = Z / (p(lambda_t) |lambda'(t)|).
+
+    A proposal like the others (under the default importance weighting any weighting can use it); with the
+    ``edm`` weighting the per-example loss is Z times EDM's lambda(sigma) |D - y|^2 (see ``weighting.edm``).
+    """
+
+    name = "edm_lognormal"
+
+    def __init__(self, process: Process, P_mean: float = -1.2, P_std: float = 1.2) -> None:
+        super().__init__(process)
+        self._setup(-2.0 * float(P_mean), 2.0 * float(P_std))
+
+    def _z(self, t: Tensor) -> Tensor:
+        return self.process.logsnr(t)
+
+    def _t(self, z: Tensor) -> Tensor:
+        return _t_of_logsnr(self.process, z)
+
+    def _dz_dt(self, t: Tensor) -> Tensor:
+        return self.process.d_logsnr(t)
+
+
 TIME_DISTRIBUTIONS: dict[str, Callable[..., TimeDistribution]] = {
     "uniform": UniformTime,
     "stratified": StratifiedTime,
     "logsnr_uniform": LogSNRUniformTime,
     "discrete": DiscreteTime,
+    "logit_normal": LogitNormalTime,
+    "edm_lognormal": EDMLogNormalTime,
 }
 
 
@@ -180,7 +269,9 @@ def build_time_distribution(name: str, process: Process, **options: object) -> T
 __all__ = [
     "TIME_DISTRIBUTIONS",
     "DiscreteTime",
+    "EDMLogNormalTime",
     "LogSNRUniformTime",
+    "LogitNormalTime",
     "StratifiedTime",
     "TimeDistribution",
     "UniformTime",

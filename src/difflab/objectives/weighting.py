@@ -16,6 +16,7 @@ Every weighting here is a constructor in :data:`WEIGHTINGS`; its docstring gives
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -182,6 +183,88 @@ def likelihood() -> Weighting:
     return Weighting("likelihood", lambda c, p: c.g2, Target.SCORE)
 
 
+# --- weightings of the ELBO integrand (Kingma & Gao 2023) ---------------------------------------------------
+
+
+def elbo_weighting(name: str, w_of_logsnr: Callable[[Tensor], Tensor]) -> Weighting:
+    """The ELBO integrand weighted by w(lambda) (Kingma & Gao 2023, eq. 5):
+
+        L_w = 1/2 int w(lambda_t) (-d lambda/dt) E|eps - eps_hat|^2 dt = 1/2 int w(lambda) E|...|^2 d lambda,
+
+    i.e. the eps-space weight w_eps(t) = -1/2 lambda'(t) w(lambda_t). With the objective's importance weight
+    1/p(t), the loss depends on the schedule only through its log-SNR endpoints (K&G sec. 3); p(t) is a
+    proposal that sets the variance. w = 1 is ``nelbo``.
+    """
+
+    def fn(c: Coefficients, process: Process) -> Tensor:
+        return -0.5 * c.d_logsnr * w_of_logsnr(c.logsnr)
+
+    return Weighting(name, fn, Target.EPS)
+
+
+def sigmoid(b: float = -2.0) -> Weighting:
+    """Sigmoid weighting of the ELBO integrand, w(lambda) = sigmoid(b - lambda) (Kingma & Gao 2023, sec. 5,
+    "sigmoid weighting"; monotone, so an ELBO of noise-augmented data). Default shift b = -2 (not checked
+    against the paper's text here: give b explicitly to reproduce a published setting)."""
+    b = float(b)
+    return elbo_weighting(f"sigmoid(b={b:g})", lambda lam: torch.sigmoid(b - lam))
+
+
+def _lognormal_logsnr_density(lam: Tensor, P_mean: float, P_std: float) -> Tensor:
+    """p(lambda), lambda = -2 ln sigma~, ln sigma~ ~ N(P_mean, P_std^2): N(lambda; -2 P_mean, (2 P_std)^2)."""
+    mean, std = -2.0 * P_mean, 2.0 * P_std
+    return torch.exp(-0.5 * ((lam - mean) / std) ** 2) / (std * math.sqrt(2.0 * math.pi))
+
+
+def edm(sigma_data: float = 0.5, P_mean: float = -1.2, P_std: float = 1.2) -> Weighting:
+    """EDM's objective (Karras et al. 2022, eq. 2 and 8, Table 1) as a weighting of the ELBO integrand:
+
+        E_{ln sigma ~ N(P_mean, P_std^2)} lambda(sigma) |D(y + sigma n; sigma) - y|^2,
+        lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2,
+
+    with the VE noise level sigma = sigma_t / alpha_t = e^{-lambda/2} (so |D - y|^2 = sigma^2 |d eps|^2), is
+    1/2 int w(lambda) E|d eps|^2 d lambda with (Kingma & Gao 2023, sec. 4 / App. D)
+
+        w(lambda) = 2 N(lambda; -2 P_mean, (2 P_std)^2) (e^{-lambda} + sigma_data^2) / sigma_data^2.
+
+    p(sigma) is part of this objective (inside w). Under the default importance weighting any proposal p(t)
+    estimates it; the ``edm_lognormal`` time distribution (EDM's own sampling of sigma) gives per-example
+    losses Z lambda(sigma) |D - y|^2, Z = the lognormal's mass inside [t_min, t_max] (~1). Defaults: EDM's
+    sigma_data = 0.5 (images in [-1, 1]), P_mean = -1.2, P_std = 1.2.
+    """
+    sigma_data, P_mean, P_std = float(sigma_data), float(P_mean), float(P_std)
+    if not (sigma_data > 0 and P_std > 0):
+        raise ValueError(f"edm needs sigma_data > 0 and P_std > 0, got {sigma_data}, {P_std}")
+
+    def w(lam: Tensor) -> Tensor:
+        sd2 = sigma_data**2
+        return 2.0 * _lognormal_logsnr_density(lam, P_mean, P_std) * (torch.exp(-lam) + sd2) / sd2
+
+    return elbo_weighting(f"edm(sigma_data={sigma_data:g}, P_mean={P_mean:g}, P_std={P_std:g})", w)
+
+
+def p2(k: float = 1.0, gamma: float = 1.0) -> Weighting:
+    """P2 (perception prioritized) weighting (Choi et al. 2022, eq. 8): lambda'_t = lambda_t / (k + SNR_t)^g,
+    (g = gamma) where lambda_t is the weight that turns the VLB into L_simple, so the eps-space weight is
+    (k + SNR_t)^-gamma. k = 1 as in the paper; gamma = 1 (the paper also uses 0.5); gamma = 0 is L_simple."""
+    k, gamma = float(k), float(gamma)
+    if not (k > 0 and gamma >= 0):
+        raise ValueError(f"p2 needs k > 0 and gamma >= 0, got k={k}, gamma={gamma}")
+    return Weighting(f"p2(k={k:g}, gamma={gamma:g})", lambda c, p: (k + c.snr) ** -gamma, Target.EPS)
+
+
+def flow_matching() -> Weighting:
+    """Flow matching / rectified flow: unit weight on the velocity u = dx_t/dt = alpha' x0 + sigma' eps
+    (Lipman et al. 2023 eq. 14-15; Liu et al. 2023 eq. 1; Esser et al. 2024 eq. 2-3), any trained target.
+
+    Its eps weight is m_u = (sigma_t lambda'_t / 2)^2, i.e. the ELBO weighting (:func:`elbo_weighting`)
+    w(lambda_t) = -1/2 sigma_t^2 lambda'_t. For the linear interpolant (sigma = t, lambda' = -2/(t(1-t))) this
+    is w(lambda) = t/(1-t) = e^{-lambda/2} (Kingma & Gao 2023, App. D): flow matching with t ~ U is the ELBO
+    integrand weighted by e^{-lambda/2}.
+    """
+    return Weighting("flow_matching", lambda c, p: torch.ones_like(c.t), Target.FLOW)
+
+
 WEIGHTINGS: dict[str, Callable[..., Weighting]] = {
     "nelbo": nelbo,
     "weighted": weighted,
@@ -192,6 +275,10 @@ WEIGHTINGS: dict[str, Callable[..., Weighting]] = {
     "uniform_score": uniform_score,
     "inverse_variance": inverse_variance,
     "likelihood": likelihood,
+    "sigmoid": sigmoid,
+    "edm": edm,
+    "p2": p2,
+    "flow_matching": flow_matching,
 }
 
 
@@ -204,12 +291,17 @@ __all__ = [
     "WEIGHTINGS",
     "Weighting",
     "build_weighting",
+    "edm",
+    "elbo_weighting",
     "eps_simple",
+    "flow_matching",
     "inverse_variance",
     "likelihood",
     "min_snr",
     "nelbo",
+    "p2",
     "rescaled",
+    "sigmoid",
     "uniform_score",
     "vlb_clipped",
     "weighted",

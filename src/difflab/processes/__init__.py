@@ -7,15 +7,33 @@ from collections.abc import Callable
 from difflab.processes.base import Coefficients, Process, VarianceProcess
 from difflab.processes.continuous import VE, LinearVP, OrnsteinUhlenbeck, SubVP, TrigVP
 from difflab.processes.discrete import BETA_SCHEDULES, DiscreteChain, ddpm_chain
+from difflab.processes.flow import LOGSNR_MAX, LOGSNR_MIN, LinearInterpolant, ShiftedTrigVP
 from difflab.registry import build
 
+
+def trig_vp(
+    t_min: float = 1e-4,
+    t_max: float = 1.0 - 1e-4,
+    resolution: float | None = None,
+    base_resolution: float = 64.0,
+) -> Process:
+    """The trig (cosine) VP process; with ``resolution=d`` the shifted cosine of Hoogeboom et al. 2023
+    (log-SNR + 2 log(base_resolution / d)), see :class:`ShiftedTrigVP`. Without it: :class:`TrigVP`."""
+    if resolution is None:
+        if base_resolution != 64.0:
+            raise ValueError("base_resolution is an option of the shifted cosine: also give resolution")
+        return TrigVP(t_min, t_max)
+    return ShiftedTrigVP(resolution, base_resolution, t_min, t_max)
+
+
 PROCESSES: dict[str, Callable[..., Process]] = {
-    "trig_vp": TrigVP,
+    "trig_vp": trig_vp,
     "linear_vp": LinearVP,
     "ou": OrnsteinUhlenbeck,
     "sub_vp": SubVP,
     "ve": VE,
     "ddpm": ddpm_chain,
+    "linear_interpolant": LinearInterpolant,
 }
 
 
@@ -39,16 +57,21 @@ def build_process(
 
 __all__ = [
     "BETA_SCHEDULES",
+    "LOGSNR_MAX",
+    "LOGSNR_MIN",
     "PROCESSES",
     "VE",
     "Coefficients",
     "DiscreteChain",
+    "LinearInterpolant",
     "LinearVP",
     "OrnsteinUhlenbeck",
     "Process",
+    "ShiftedTrigVP",
     "SubVP",
     "TrigVP",
     "VarianceProcess",
     "build_process",
     "ddpm_chain",
+    "trig_vp",
 ]

@@ -12,7 +12,8 @@ denoiser evaluation; with ``denoise_final=False`` the state x_{t_min} itself.
 NFE (denoiser evaluations) for ``steps`` grid steps, from :meth:`SamplerSpec.nfe`:
 
     ancestral, ddim, euler_maruyama, ode_euler   steps + 1
-    ode_heun                                     2 steps + 1      (second-order correction on every step)
+    ode_heun, edm_heun, edm_stochastic           2 steps + 1      (second-order correction on every step)
+    dpmpp_2m                                     steps + 1        (multistep: reuses the previous x0_hat)
     pc                                           steps (1 + n_corrector) + 1
     (each minus 1 with denoise_final=False)
 
@@ -32,11 +33,13 @@ from difflab.samplers.grids import (
     GRIDS,
     check_grid,
     discrete_grid,
+    karras_grid,
     prior_sample,
     time_grid,
     uniform_logsnr_grid,
     uniform_t_grid,
 )
+from difflab.samplers.modern import sample_dpmpp_2m, sample_edm, sample_edm_heun
 from difflab.samplers.ode import pf_ode_velocity, sample_ode_euler, sample_ode_heun
 from difflab.samplers.sde import langevin_step, sample_euler_maruyama, sample_pc
 
@@ -86,6 +89,9 @@ SAMPLERS: dict[str, SamplerSpec] = {
         SamplerSpec("pc", sample_pc, True, 1, _pc_evals, "Song et al. 2021 Alg. 5 (EM + Langevin)"),
         SamplerSpec("ode_euler", sample_ode_euler, False, 1, _one, "Song et al. 2021 eq. 13, Euler"),
         SamplerSpec("ode_heun", sample_ode_heun, False, 2, _two, "Karras et al. 2022 Alg. 1"),
+        SamplerSpec("dpmpp_2m", sample_dpmpp_2m, False, 2, _one, "Lu et al. 2022 (DPM-Solver++) Alg. 2"),
+        SamplerSpec("edm_heun", sample_edm_heun, False, 2, _two, "Karras et al. 2022 Alg. 1 (in sigma~)"),
+        SamplerSpec("edm_stochastic", sample_edm, True, 2, _two, "Karras et al. 2022 Alg. 2 (S_churn...)"),
     ]
 }
 """name -> SamplerSpec. ``ddim`` is deterministic at its default eta = 0 (stochastic for eta > 0)."""
@@ -103,12 +109,16 @@ __all__ = [
     "check_grid",
     "discrete_grid",
     "get_sampler",
+    "karras_grid",
     "langevin_step",
     "pf_ode_velocity",
     "posterior_coefficients",
     "prior_sample",
     "sample_ancestral",
     "sample_ddim",
+    "sample_dpmpp_2m",
+    "sample_edm",
+    "sample_edm_heun",
     "sample_euler_maruyama",
     "sample_ode_euler",
     "sample_ode_heun",

@@ -79,10 +79,35 @@ def discrete_grid(process: Process, steps: int) -> Tensor:
     return idx / T
 
 
+def karras_grid(process: Process, steps: int, rho: float = 7.0) -> Tensor:
+    """EDM's noise levels (Karras et al. 2022, eq. 5) in the VE scale sigma~ = sigma_t / alpha_t:
+
+        sigma~_i = (s_max^(1/rho) + (i/steps)(s_min^(1/rho) - s_max^(1/rho)))^rho,   i = 0..steps,
+
+    s_max / s_min = sigma~ at the process's t_max / t_min, rho = 7; t_i = t(lambda = -2 ln sigma~_i),
+    endpoints set to t_max / t_min exactly. (EDM appends sigma = 0; here the samplers' final denoising
+    plays that role.)
+    """
+    steps = _check_steps(steps)
+    lam_ends = [float(process.logsnr(process.t_max)), float(process.logsnr(process.t_min))]
+    if not all(math.isfinite(v) for v in lam_ends):
+        raise ValueError(f"karras needs a finite log-SNR at t_min and t_max for {process!r}")
+    s_max, s_min = (math.exp(-0.5 * v) for v in lam_ends)
+    i = torch.arange(steps + 1, dtype=DTYPE) / steps
+    sigma = (s_max ** (1 / rho) + i * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    t = process.t_of_logsnr(-2.0 * torch.log(sigma)).to(DTYPE)
+    t[0], t[-1] = process.t_max, process.t_min
+    t[1:-1] = t[1:-1].clamp(process.t_min, process.t_max)
+    if not bool((t[1:] < t[:-1]).all()):
+        raise ValueError(f"karras grid with {steps} steps is not strictly decreasing for {process!r}")
+    return t
+
+
 GRIDS: dict[str, GridFn] = {
     "uniform_t": uniform_t_grid,
     "uniform_logsnr": uniform_logsnr_grid,
     "discrete": discrete_grid,
+    "karras": karras_grid,
 }
 
 

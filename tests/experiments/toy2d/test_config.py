@@ -46,7 +46,7 @@ def test_int_accepted_for_float_and_optional():
 @pytest.mark.parametrize(
     ("data", "names"),
     [
-        ({"objective": {"target": "noise"}}, "eps, score, v, x0"),
+        ({"objective": {"target": "noise"}}, "eps, flow, score, v, x0"),
         ({"objective": {"weighting": "elbo2"}}, "nelbo"),
         ({"process": {"name": "vpp"}}, "linear_vp"),
         ({"data": {"name": "moons"}}, "mixture8"),
