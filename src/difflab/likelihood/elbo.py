@@ -267,15 +267,29 @@ def continuous_nelbo(
 # --- discrete NELBO -----------------------------------------------------------------------------------------
 
 
-def _levels(process: Process, T: int | None) -> Tensor:
-    """The noisy levels t_1 < ... < t_T: the chain grid i/T, or T points evenly spaced on [t_min, t_max]."""
+def _levels(process: Process, T: int | None, spacing: str = "logsnr") -> Tensor:
+    """The noisy levels t_1 < ... < t_T: the chain grid i/T (T None), or T levels from t_min to t_max.
+
+    ``spacing="logsnr"`` (default) spaces the T levels uniformly in log-SNR, lambda_i = lambda(t_min) +
+    (i - 1)/(T - 1) (lambda(t_max) - lambda(t_min)), so every step multiplies the SNR by the same factor
+    exp(-Delta lambda) and no single step term ``1/2 (SNR_{i-1} - SNR_i) |x0 - x0_hat|^2`` carries a huge
+    weight. ``spacing="t"`` is the old uniform-in-t grid: on trig VP (t_min = 1e-4) its first step divides the
+    SNR by 121, and the exact denoiser of 8-bit data scored ~40 bits/dim instead of 8 (issue 9, item 1).
+    """
     if T is None:
         if not isinstance(process, DiscreteChain):
             raise ValueError(f"discrete_nelbo needs a DiscreteChain or an explicit T for {process!r}")
         return torch.arange(1, process.T + 1, dtype=DTYPE) / process.T
     if int(T) < 2:
         raise ValueError(f"T must be >= 2, got {T}")
-    return torch.linspace(process.t_min, process.t_max, int(T), dtype=DTYPE)
+    if spacing == "t":
+        return torch.linspace(process.t_min, process.t_max, int(T), dtype=DTYPE)
+    if spacing != "logsnr":
+        raise ValueError(f"unknown level spacing {spacing!r}; valid spacings: logsnr, t")
+    lam_hi, lam_lo = float(process.logsnr(process.t_min)), float(process.logsnr(process.t_max))
+    t = process.t_of_logsnr(torch.linspace(lam_hi, lam_lo, int(T), dtype=DTYPE)).to(DTYPE)
+    t[0], t[-1] = process.t_min, process.t_max  # exact endpoints (the prior term is taken at t_max)
+    return t
 
 
 def discrete_nelbo(
@@ -288,6 +302,7 @@ def discrete_nelbo(
     exact_steps: bool = True,
     n_steps_mc: int = 64,
     T: int | None = None,
+    level_spacing: str = "logsnr",
     prior_std: float | None = None,
     max_batch: int = 65536,
 ) -> ElboResult:
@@ -296,7 +311,9 @@ def discrete_nelbo(
     Args:
         denoiser: a TargetDenoiser or a plain ``D(x_t, t) -> x0_hat``.
         chain: a DiscreteChain (levels t_i = i/T of the chain) or any process with ``T`` (levels: T points
-            evenly spaced on [t_min, t_max], the first playing x_1).
+            from t_min to t_max, the first playing x_1, spaced by ``level_spacing``).
+        level_spacing: with an explicit ``T``, ``"logsnr"`` (default: uniform in log-SNR) or ``"t"``
+            (uniform in t, a much looser bound for processes whose log-SNR is steep at t_min).
         decoder: ``"gaussian"`` or ``"discretized"`` (data must then lie in [-1, 1]); variance
             sigma_1^2/alpha_1^2 (= beta_1/(1 - beta_1) on a chain; Ho et al. use beta_1).
         exact_steps: evaluate all T - 1 step KLs, one eps draw each (vectorised, ``max_batch`` rows a chunk).
@@ -308,7 +325,7 @@ def discrete_nelbo(
         raise ValueError(f"unknown decoder {decoder!r}; valid decoders: discretized, gaussian")
     B = x0.shape[0]
     D = x0[0].numel()
-    levels = _levels(chain, T)
+    levels = _levels(chain, T, level_spacing)
     n_levels = levels.numel()
     c = chain.coefficients(levels)
     prior = _prior_kl(chain, x0, prior_std)  # the last level is t_max
