@@ -22,7 +22,8 @@ The subtlety at t_min: x0 is placed at t = t_min, so the result is log p_{t_min}
 model's PF-ODE, **not** log p_0(x0); the density of alpha_{t_min} x0 + sigma_{t_min} eps differs from that
 of x0 by O(sigma_{t_min}^2 + |1 - alpha_{t_min}|) relative to the data scale. No correction (e.g. a decoder
 term as in VDM) is applied. For small t_min (trig_vp: sigma ~ 1.6e-4, linear_vp: sigma ~ 1e-3) the result is
-log p_0 to well below 1e-3 nats on unit-scale data; for ou (t_min = 0.002, sigma^2 = 0.02) it is not: the
+log p_0 to well below 1e-3 nats on unit-scale data; for ou with seed 003's t_min = 0.002 (sigma^2 = 0.02; the
+default is now t(lambda = 10), sigma^2 = 4.5e-5) it is not: the
 difference was 3e-2 nats on 2D Gaussian data. The prior N(0, prior_std^2 I) also differs from p_{t_max} by
 O(alpha_{t_max} |mu|): 4e-3 nats mean on 2D Gaussian data for linear_vp (alpha_1 = 6.6e-3), 1e-4 for trig_vp.
 
@@ -47,7 +48,7 @@ The integration variable is s in [0, 1]: ``grid="uniform_t"`` uses t = t_min + s
 The default is uniform_t: measured on Gaussian and 3-mode mixture data with the exact denoiser (trig_vp,
 linear_vp) it is 2-100x more accurate per NFE, because uniform log-SNR spends most steps at the two ends
 (|lambda| > 5) where the field hardly changes. uniform_logsnr is better where t_min sits in a fast region in t
-(OU with t_min = 0.002: RK4 with 20 steps, solver error 2e-6 vs 3e-3 nats) and for DDPM chains: their
+(OU, t_min = 0.002: RK4 with 20 steps, solver error 2e-6 vs 3e-3 nats) and for DDPM chains: their
 log alpha_bar is piecewise linear in t, so the field has a kink at every knot i/T, while for a VP process the
 PF-ODE written in lambda does not depend on the schedule at all (T = 1000, dopri5 rtol 1e-6: 116 NFE and
 7e-7 nats in log-SNR vs 656 NFE and 1.3e-4 nats in t).
