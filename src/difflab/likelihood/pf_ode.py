@@ -121,7 +121,7 @@ def gaussian_log_prob(x: Tensor, std: float) -> Tensor:
     return -0.5 * (flat**2).sum(1) / std**2 - 0.5 * n * (_LOG_2PI + 2.0 * math.log(std))
 
 
-def bits_per_dim(log_prob: Tensor, dim: int, *, bin_width: float = 2.0 / 256.0) -> Tensor:
+def bits_per_dim(log_prob: Tensor, dim: int, *, bin_width: float = 2.0 / 255.0) -> Tensor:
     """Bits per dimension of 8-bit data from a continuous log-density in model units.
 
     Uniform dequantization: an integer image k in {0..255}^N becomes u = k + U[0, 1)^N, and the model sees
@@ -130,9 +130,10 @@ def bits_per_dim(log_prob: Tensor, dim: int, *, bin_width: float = 2.0 / 256.0) 
 
         bpd = -log p_u / (N ln 2) = -log p_y / (N ln 2) - log2(a).
 
-    Default a = 2/256 (y = u / 128 - 1 in [-1, 1)): bpd = -log p_y / (N ln 2) + 7 exactly. With the common
-    y = k / 127.5 - 1 convention (pixel values on [-1, 1], dequantization noise of width 1/127.5) pass
-    ``bin_width=1/127.5``: the constant is log2(127.5) = 6.99435.
+    Default a = 2/255 = 1/127.5, difflab's own convention (``data/images.py``: y = k / 127.5 - 1, pixel values
+    on [-1, 1], dequantization noise of width 1/127.5): bpd = -log p_y / (N ln 2) + log2(127.5), with
+    log2(127.5) = 6.99435. For y = u / 128 - 1 in [-1, 1) pass ``bin_width=2/256``: the constant is then 7.
+    (The default was 2/256 before issue 9, off by -0.0056 bits/dim for difflab's data.)
     """
     return (-log_prob / dim - math.log(bin_width)) / math.log(2.0)
 
