@@ -98,3 +98,20 @@ def test_learned_variance_vlb_scaling_against_closed_form(monkeypatch) -> None:
     assert abs(float(out.l_vlb.mean()) - expected) < 4 * se, (float(out.l_vlb.mean()), expected, se)
     assert 4 * se < 0.2 * abs(expected)  # precise enough that a missing T, ln 2 (x0.69) or 1/D would fail
     torch.testing.assert_close(out.loss - out.l_simple, (T / 1000) * (out.l_vlb / T))
+
+
+def test_cosine_clip_conventions() -> None:
+    """Seed 001 clips the cosine betas to [1e-4, 0.9999] (the default, unchanged); Nichol & Dhariwal cap at
+    0.999 with no floor (beta_clip="nichol_dhariwal")."""
+    import difflab.processes.discrete as discrete
+
+    T, s = 1000, 0.008
+    i = torch.arange(T + 1, dtype=F64)
+    f = torch.cos(((i / T + s) / (1 + s)) * math.pi / 2) ** 2
+    raw = 1 - f[1:] / f[:-1]
+    torch.testing.assert_close(discrete.cosine_betas(T), raw.clamp(1e-4, 0.9999), rtol=1e-10, atol=1e-15)
+    nd = discrete.cosine_betas(T, beta_clip="nichol_dhariwal")
+    torch.testing.assert_close(nd, torch.clamp(raw, max=0.999), rtol=1e-10, atol=1e-15)
+    assert float(nd[0]) == pytest.approx(4.1e-5, rel=0.02) and float(nd[-1]) == 0.999
+    chain = ddpm_chain(T, "cosine", beta_clip="nichol_dhariwal")
+    torch.testing.assert_close(chain.betas, nd)
