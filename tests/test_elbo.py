@@ -210,8 +210,20 @@ def test_continuous_nelbo_close_to_nll(process) -> None:
         se = float(gap.std()) / math.sqrt(N)
         assert float(gap.mean()) > -3 * se  # NELBO >= NLL up to Monte-Carlo noise
         assert abs(float(gap.mean())) / 2 < 0.05  # within 0.05 nats/dim
-        # the reported per-example standard errors agree with the observed scatter of the gap
-        assert float((res.diffusion_stderr**2).mean().sqrt()) / math.sqrt(N) < 2 * se
+        # the reported per-example standard errors against an independently measured value: the variance of
+        # each example's diffusion estimate over 16 repeats with other draws on the same 200 examples
+        # (measured ratio 0.96-1.10; a zero, halved or doubled s.e. fails)
+        reps = torch.stack(
+            [
+                continuous_nelbo(
+                    data.denoiser(process), process, x0[:200], n_t=32,
+                    generator=torch.Generator().manual_seed(100 + r),
+                ).diffusion
+                for r in range(16)
+            ]
+        )
+        ratio = float((res.diffusion_stderr[:200] ** 2).mean()) / float(reps.var(0).mean())
+        assert 0.75 < ratio < 1.35, ratio
 
 
 def test_continuous_terms_closed_form() -> None:
@@ -225,7 +237,6 @@ def test_continuous_terms_closed_form() -> None:
         1
     )
     torch.testing.assert_close(res.prior, prior, rtol=1e-12, atol=1e-15)
-    # without the control variate / stratification the estimator has the same mean (looser check)
     torch.testing.assert_close(to_bits_per_dim(res.total, 2), res.total / (2 * math.log(2)))
     torch.testing.assert_close(nats_per_dim(res.total, 2), res.total / 2)
     torch.testing.assert_close(res.bits_per_dim(), to_bits_per_dim(res.total, 2))

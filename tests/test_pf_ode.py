@@ -226,13 +226,12 @@ def test_works_under_no_grad_and_with_parameters() -> None:
 def test_bits_per_dim_constants() -> None:
     D = 3 * 8 * 8
     zero = torch.zeros(2, dtype=F64)
-    torch.testing.assert_close(bits_per_dim(zero, D), torch.full((2,), 7.0, dtype=F64))
-    torch.testing.assert_close(
-        bits_per_dim(zero, D, bin_width=1 / 127.5), torch.full((2,), math.log2(127.5), dtype=F64)
-    )
-    # a model uniform on [-1, 1)^D (density 2^-D) is worth exactly 8 bits per 8-bit dimension
+    # default bin width 2/255: difflab's images are k / 127.5 - 1 (data/images.py)
+    torch.testing.assert_close(bits_per_dim(zero, D), torch.full((2,), math.log2(127.5), dtype=F64))
+    torch.testing.assert_close(bits_per_dim(zero, D, bin_width=2 / 256), torch.full((2,), 7.0, dtype=F64))
+    # a model uniform on [-1, 1)^D (density 2^-D) is worth exactly 8 bits per 8-bit dimension (bins 2/256)
     uniform = torch.full((1,), -D * math.log(2.0), dtype=F64)
-    torch.testing.assert_close(bits_per_dim(uniform, D), torch.full((1,), 8.0, dtype=F64))
+    torch.testing.assert_close(bits_per_dim(uniform, D, bin_width=2 / 256), torch.full((1,), 8.0, dtype=F64))
 
 
 def test_bad_options() -> None:

@@ -364,6 +364,39 @@ def test_langevin_corrector_relaxes_to_p_t() -> None:
     assert float(x.var()) / v == pytest.approx(1 + 0.16**2, abs=0.04)
 
 
+@pytest.mark.parametrize("per_example", [False, True])
+def test_langevin_step_matches_hand_computation(per_example: bool) -> None:
+    """One corrector step against score_sde's formula by hand: z ~ N(0, I) (the same draws), score s from
+    x0_hat, eps = 2 alpha_i (snr ||z|| / ||s||)^2 (batch means of the per-example norms, or per example),
+    x' = x + eps s + sqrt(2 eps) z. The stationary-variance test above cannot tell eps from eps/2 or 2 eps
+    (var/v = 1.032, 1.023, 1.056); here both perturbations miss by far more than the tolerance."""
+    gm = mixture_3()
+    p = PROCESSES["trig_vp"]
+    c = grid_coefficients(p, [0.3])[0]
+    x = torch.randn(64, 2, dtype=F64, generator=torch.Generator().manual_seed(3))
+    snr, alpha_i = 0.16, 0.9
+    out = langevin_step(
+        gm.denoiser(p), x, c, snr=snr, alpha_i=alpha_i, generator=torch.Generator().manual_seed(4),
+        per_example=per_example,
+    )
+    z = torch.randn(64, 2, dtype=F64, generator=torch.Generator().manual_seed(4))
+    alpha, sigma = float(c.alpha), float(c.sigma)
+    score = (alpha * gm.denoise_at(x, alpha, sigma) - x) / sigma**2
+    zn, sn = z.norm(dim=1), score.norm(dim=1)
+    if not per_example:
+        zn, sn = zn.mean(), sn.mean()
+    eps = 2 * alpha_i * (snr * zn / sn) ** 2
+    if per_example:
+        eps = eps.reshape(-1, 1)
+
+    def by_hand(e):
+        return x + e * score + torch.sqrt(2 * e) * z
+
+    torch.testing.assert_close(out, by_hand(eps), rtol=1e-10, atol=1e-12)
+    for wrong in (0.5 * eps, 2.0 * eps):  # test of the test: a halved or doubled step size is caught
+        assert (out - by_hand(wrong)).abs().max().item() > 1e-3
+
+
 # --- law recovery on a 2D mixture with the exact denoiser -------------------------------------------------
 
 MIXTURE_CASES = [
@@ -387,20 +420,54 @@ def test_mixture_cases_cover_every_sampler() -> None:
 @pytest.mark.parametrize(("name", "opts", "pname", "kind", "steps"), MIXTURE_CASES)
 def test_recovers_mixture(name: str, opts: dict, pname: str, kind: str, steps: int) -> None:
     """n = 20000 samples, each assigned to its most responsible mode. Tolerances: weights 0.02 (MC std
-    <= 0.0035), per-mode mean 0.05 and covariance entries 0.06 (MC std of a mean <= 0.01; measured
-    errors <= 0.02)."""
+    <= 0.0035), per-mode mean 0.05 (MC std of a mean <= 0.01; measured errors <= 0.02); per-mode covariance
+    relative: the eigenvalues of Sigma_j^{-1/2} Cov_j Sigma_j^{-1/2} within 4 sqrt(2/n_j) (sampling) + 0.07
+    (discretisation, hard assignment) of 1 (measured 0.887-1.107; reverse noise variance x1.3 gives
+    1.22-1.40 and fails, see the test below)."""
     gm = mixture_3()
     p = ddpm_chain(1000, "linear") if pname == "ddpm1000" else PROCESSES[pname]
     g = torch.Generator().manual_seed(0)
     x_T = prior_sample(p, (20000, 2), g)
     x = SAMPLERS[name].fn(gm.denoiser(p), p, x_T, time_grid(p, steps, kind), generator=g, **opts)
+    assert_recovers_mixture_3(x, gm)
+
+
+def assert_recovers_mixture_3(x: torch.Tensor, gm: GaussianMixture) -> None:
     k = gm.responsibilities_at(x, 1.0, 0.0).argmax(1)
     weights = torch.bincount(k, minlength=3).to(F64) / x.shape[0]
     assert (weights - gm.weights).abs().max().item() < 0.02
     for j in range(3):
         xj = x[k == j]
         assert (xj.mean(0) - gm.means[j]).abs().max().item() < 0.05
-        assert (torch.cov(xj.T) - gm.covs[j]).abs().max().item() < 0.06
+        white = torch.linalg.inv(torch.linalg.cholesky(gm.covs[j]))
+        ratios = torch.linalg.eigvalsh(white @ torch.cov(xj.T) @ white.T)
+        assert (ratios - 1).abs().max().item() < 4 * math.sqrt(2 / xj.shape[0]) + 0.07, (j, ratios)
+
+
+def test_recovery_check_catches_minor_axis_error() -> None:
+    """Test of the test: exact mixture samples pass; the same samples with each mode's minor-axis variance
+    x1.3 (0.04 -> 0.052: within the old 0.06 absolute tolerance) fail."""
+    gm = mixture_3()
+    x, k = gm.sample(20000, torch.Generator().manual_seed(11), return_labels=True)
+    assert_recovers_mixture_3(x, gm)
+    u = gm.evecs[k][:, :, 0]  # minor eigenvector of each sample's mode (eigh sorts ascending)
+    d = x - gm.means[k]
+    wrong = x + (math.sqrt(1.3) - 1) * (d * u).sum(1, keepdim=True) * u
+    with pytest.raises(AssertionError):
+        assert_recovers_mixture_3(wrong, gm)
+
+
+@pytest.mark.parametrize("name", ["euler_maruyama", "pc"])
+def test_recovery_check_catches_30_percent_noise_error(monkeypatch, name: str) -> None:
+    """Test of the test: reverse noise variance x1.3 (a 30% error on every axis, 0.012 on the 0.04 minor
+    eigenvalue, which the old 0.06 absolute tolerance let through) must fail the per-mode check."""
+    import difflab.samplers.sde as sde
+
+    noise_like = sde.noise_like
+    monkeypatch.setattr(sde, "noise_like", lambda x, g: math.sqrt(1.3) * noise_like(x, g))
+    case = next(c for c in MIXTURE_CASES if c[0] == name)
+    with pytest.raises(AssertionError):
+        test_recovers_mixture(*case)
 
 
 # --- convergence order of the deterministic samplers on Gaussian data ---------------------------------------

@@ -22,7 +22,8 @@ The subtlety at t_min: x0 is placed at t = t_min, so the result is log p_{t_min}
 model's PF-ODE, **not** log p_0(x0); the density of alpha_{t_min} x0 + sigma_{t_min} eps differs from that
 of x0 by O(sigma_{t_min}^2 + |1 - alpha_{t_min}|) relative to the data scale. No correction (e.g. a decoder
 term as in VDM) is applied. For small t_min (trig_vp: sigma ~ 1.6e-4, linear_vp: sigma ~ 1e-3) the result is
-log p_0 to well below 1e-3 nats on unit-scale data; for ou (t_min = 0.002, sigma^2 = 0.02) it is not: the
+log p_0 to well below 1e-3 nats on unit-scale data; for ou with seed 003's t_min = 0.002 (sigma^2 = 0.02; the
+default is now t(lambda = 10), sigma^2 = 4.5e-5) it is not: the
 difference was 3e-2 nats on 2D Gaussian data. The prior N(0, prior_std^2 I) also differs from p_{t_max} by
 O(alpha_{t_max} |mu|): 4e-3 nats mean on 2D Gaussian data for linear_vp (alpha_1 = 6.6e-3), 1e-4 for trig_vp.
 
@@ -47,7 +48,7 @@ The integration variable is s in [0, 1]: ``grid="uniform_t"`` uses t = t_min + s
 The default is uniform_t: measured on Gaussian and 3-mode mixture data with the exact denoiser (trig_vp,
 linear_vp) it is 2-100x more accurate per NFE, because uniform log-SNR spends most steps at the two ends
 (|lambda| > 5) where the field hardly changes. uniform_logsnr is better where t_min sits in a fast region in t
-(OU with t_min = 0.002: RK4 with 20 steps, solver error 2e-6 vs 3e-3 nats) and for DDPM chains: their
+(OU, t_min = 0.002: RK4 with 20 steps, solver error 2e-6 vs 3e-3 nats) and for DDPM chains: their
 log alpha_bar is piecewise linear in t, so the field has a kink at every knot i/T, while for a VP process the
 PF-ODE written in lambda does not depend on the schedule at all (T = 1000, dopri5 rtol 1e-6: 116 NFE and
 7e-7 nats in log-SNR vs 656 NFE and 1.3e-4 nats in t).
@@ -120,7 +121,7 @@ def gaussian_log_prob(x: Tensor, std: float) -> Tensor:
     return -0.5 * (flat**2).sum(1) / std**2 - 0.5 * n * (_LOG_2PI + 2.0 * math.log(std))
 
 
-def bits_per_dim(log_prob: Tensor, dim: int, *, bin_width: float = 2.0 / 256.0) -> Tensor:
+def bits_per_dim(log_prob: Tensor, dim: int, *, bin_width: float = 2.0 / 255.0) -> Tensor:
     """Bits per dimension of 8-bit data from a continuous log-density in model units.
 
     Uniform dequantization: an integer image k in {0..255}^N becomes u = k + U[0, 1)^N, and the model sees
@@ -129,9 +130,10 @@ def bits_per_dim(log_prob: Tensor, dim: int, *, bin_width: float = 2.0 / 256.0) 
 
         bpd = -log p_u / (N ln 2) = -log p_y / (N ln 2) - log2(a).
 
-    Default a = 2/256 (y = u / 128 - 1 in [-1, 1)): bpd = -log p_y / (N ln 2) + 7 exactly. With the common
-    y = k / 127.5 - 1 convention (pixel values on [-1, 1], dequantization noise of width 1/127.5) pass
-    ``bin_width=1/127.5``: the constant is log2(127.5) = 6.99435.
+    Default a = 2/255 = 1/127.5, difflab's own convention (``data/images.py``: y = k / 127.5 - 1, pixel values
+    on [-1, 1], dequantization noise of width 1/127.5): bpd = -log p_y / (N ln 2) + log2(127.5), with
+    log2(127.5) = 6.99435. For y = u / 128 - 1 in [-1, 1) pass ``bin_width=2/256``: the constant is then 7.
+    (The default was 2/256 before issue 9, off by -0.0056 bits/dim for difflab's data.)
     """
     return (-log_prob / dim - math.log(bin_width)) / math.log(2.0)
 

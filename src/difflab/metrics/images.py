@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "FIDFallbackWarning",
     "ImageMetrics",
     "InceptionFeatures",
     "compute_image_metrics",
@@ -37,6 +38,7 @@ __all__ = [
     "frechet_distance",
     "inception_score_from_logits",
     "kid_from_features",
+    "quantize",
 ]
 
 ArrayLike = np.ndarray | Tensor
@@ -69,9 +71,30 @@ def feature_statistics(features: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     return mu, cov
 
 
+class FIDFallbackWarning(RuntimeWarning):
+    """The product of the two covariances was too singular for sqrtm: ``eps * I`` was added to both."""
+
+
+def quantize(x: Tensor, levels: int = 256) -> Tensor:
+    """Round images in ``[-1, 1]`` to the nearest of ``levels`` evenly spaced values of [-1, 1] (the data's
+    grid: 256 for 8-bit sets, k/127.5 - 1; 17 for the bundled digits), after clamping. Standard FID pipelines
+    (pytorch-fid, torch-fidelity, EDM) score samples as uint8, i.e. on the grid the real images lie on; apply
+    this to generated samples before :func:`compute_image_metrics`. Same dtype and shape as ``x``."""
+    if int(levels) < 2:
+        raise ValueError(f"need levels >= 2, got {levels}")
+    step = 2.0 / (int(levels) - 1)
+    return (torch.round((x.clamp(-1.0, 1.0) + 1.0) / step) * step - 1.0).clamp(-1.0, 1.0).to(x.dtype)
+
+
 def frechet_distance(
-    mu1: ArrayLike, cov1: ArrayLike, mu2: ArrayLike, cov2: ArrayLike, eps: float = 1e-6
-) -> float:
+    mu1: ArrayLike,
+    cov1: ArrayLike,
+    mu2: ArrayLike,
+    cov2: ArrayLike,
+    eps: float = 1e-6,
+    *,
+    return_info: bool = False,
+) -> float | tuple[float, dict[str, bool]]:
     """Frechet (2-Wasserstein) distance between ``N(mu1, cov1)`` and ``N(mu2, cov2)`` (Heusel et al. 2017):
 
     ``d^2 = ||mu1 - mu2||^2 + Tr(cov1 + cov2 - 2 (cov1 cov2)^{1/2})``.
@@ -79,6 +102,8 @@ def frechet_distance(
     Computed in float64 with :func:`scipy.linalg.sqrtm`. As in pytorch-fid, if the product is singular enough
     that the square root is not finite, ``eps * I`` is added to both covariances; a complex square root (from
     round-off) is replaced by its real part, unless the imaginary part of its diagonal exceeds 1e-3.
+    The ``eps * I`` fallback emits a :class:`FIDFallbackWarning` (as pytorch-fid warns); with
+    ``return_info=True`` the result is ``(fid, {"fid_eps_fallback": bool})`` so a caller can record it.
     """
     m1, m2 = _as_f64(mu1).reshape(-1), _as_f64(mu2).reshape(-1)
     c1, c2 = np.atleast_2d(_as_f64(cov1)), np.atleast_2d(_as_f64(cov2))
@@ -88,7 +113,14 @@ def frechet_distance(
     with warnings.catch_warnings():  # singular products are handled below; silence scipy's warning
         warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
         covmean = scipy.linalg.sqrtm(c1 @ c2)
-    if not np.isfinite(covmean).all():
+    fallback = not np.isfinite(covmean).all()
+    if fallback:
+        warnings.warn(
+            f"FID: singular covariance product; adding {eps:g} * I to both covariances (the value is then an "
+            f"approximation; too few samples for the feature dimension {c1.shape[0]}?)",
+            FIDFallbackWarning,
+            stacklevel=2,
+        )
         offset = np.eye(c1.shape[0]) * eps
         covmean = scipy.linalg.sqrtm((c1 + offset) @ (c2 + offset))
     if np.iscomplexobj(covmean):
@@ -96,12 +128,16 @@ def frechet_distance(
         if max_imag > 1e-3:
             raise ValueError(f"matrix square root has a large imaginary component ({max_imag:.3g})")
         covmean = covmean.real
-    return float(diff @ diff + np.trace(c1) + np.trace(c2) - 2.0 * np.trace(covmean))
+    fid = float(diff @ diff + np.trace(c1) + np.trace(c2) - 2.0 * np.trace(covmean))
+    return (fid, {"fid_eps_fallback": bool(fallback)}) if return_info else fid
 
 
-def fid_from_features(f_real: ArrayLike, f_fake: ArrayLike) -> float:
-    """FID of two feature sets ``(N, d)``: :func:`frechet_distance` of their :func:`feature_statistics`."""
-    return frechet_distance(*feature_statistics(f_real), *feature_statistics(f_fake))
+def fid_from_features(
+    f_real: ArrayLike, f_fake: ArrayLike, *, return_info: bool = False
+) -> float | tuple[float, dict[str, bool]]:
+    """FID of two feature sets ``(N, d)``: :func:`frechet_distance` of their :func:`feature_statistics`
+    (``return_info``: also ``{"fid_eps_fallback": bool}``)."""
+    return frechet_distance(*feature_statistics(f_real), *feature_statistics(f_fake), return_info=return_info)
 
 
 def _cube(k: np.ndarray) -> np.ndarray:
@@ -249,6 +285,8 @@ class ImageMetrics:
         self._real: Tensor | None = None
         self._real_version = -1
         self._real_feats: Tensor | None = None
+        #: whether the last :meth:`compute` needed the FID's ``eps * I`` fallback (record it with the metrics)
+        self.last_fid_eps_fallback = False
 
     def _real_features(self, real: Tensor) -> Tensor:
         # cached for the same tensor object, unless it was modified in place since
@@ -263,7 +301,9 @@ class ImageMetrics:
         f_real = self._real_features(real)
         f_fake, logits_fake = extract_features(self.classifier, fake, self.batch_size, self.device)
         kid, kid_std = kid_from_features(f_real, f_fake, kid_subsets, kid_subset_size, seed)
-        out: dict[str, Any] = {"fid": fid_from_features(f_real, f_fake), "kid": kid, "kid_std": kid_std}
+        fid, info = fid_from_features(f_real, f_fake, return_info=True)
+        self.last_fid_eps_fallback = info["fid_eps_fallback"]
+        out: dict[str, Any] = {"fid": fid, "kid": kid, "kid_std": kid_std}
         if logits_fake is not None:
             is_mean, is_std = inception_score_from_logits(logits_fake, min(is_splits, logits_fake.shape[0]))
         else:
