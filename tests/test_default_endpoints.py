@@ -1,7 +1,7 @@
 """Default endpoint clamps against z-scored data (issue 9, item 2).
 
 The oracle (exact denoiser of the z-scored ``mixture8`` law, component variance 1/51) must score an exact KL
-(E_q[log q - log p], p the PF-ODE density from t_min, as ``experiments/toy2d/evaluate.py`` computes ``kl``) below
+(E_q[log q - log p], p the PF-ODE density from t_min, as ``toy2d/evaluate.py`` computes ``kl``) below
 0.01 nats at every process's default settings. Seed 003's raw-data endpoint (sigma^2(t_min) = 0.02) blurs
 every mode and scores ~0.19 nats; the same check must catch it.
 """
