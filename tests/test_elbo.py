@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 
 from difflab.data.gaussian import GaussianMixture
+from difflab.likelihood.discrete_elbo import discrete_nelbo
 from difflab.likelihood.elbo import (
     continuous_nelbo,
-    discrete_nelbo,
     discretized_gaussian_log_likelihood,
     gaussian_kl,
     nats_per_dim,

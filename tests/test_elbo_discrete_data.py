@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from difflab.data.gaussian import GaussianMixture
-from difflab.likelihood.elbo import _levels, discrete_nelbo
+from difflab.likelihood.discrete_elbo import _levels, discrete_nelbo
 from difflab.processes import build_process
 
 LEVELS = torch.linspace(-1.0, 1.0, 256, dtype=torch.float64)

@@ -10,7 +10,8 @@ import torch
 from difflab.data.gaussian import GaussianMixture
 from difflab.data.toy2d import make_toy2d
 from difflab.experiments.toy2d.config import EvalConfig
-from difflab.likelihood.elbo import continuous_nelbo, nelbo_precision, paired_nelbo_difference
+from difflab.likelihood.elbo import continuous_nelbo
+from difflab.likelihood.precision import nelbo_precision, paired_nelbo_difference
 from difflab.processes import build_process
 
 F64 = torch.float64

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from difflab.baselines.vae import (
-    _LOG_2PI,
+    LOG_2PI,
     _iwae_from_log_weights,
     _randn,
     _ref,
@@ -143,7 +143,7 @@ class HierarchicalVAE(nn.Module):
         z1, _z2, (m1, v1), (m2, v2), (pm, pv) = self._draw(x, n_samples, generator)
         rec = self.decoder_log_prob(x, z1)
         if self.inference == "bottom_up":
-            entropy_z1 = 0.5 * (1.0 + _LOG_2PI + v1).sum(dim=-1)
+            entropy_z1 = 0.5 * (1.0 + LOG_2PI + v1).sum(dim=-1)
             val = rec + gaussian_log_prob(z1, pm, pv) + entropy_z1 - standard_normal_kl(m2, v2)
             return val.mean(dim=0)
         val = rec - gaussian_kl(m1, v1, pm, pv)

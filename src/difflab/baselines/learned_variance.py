@@ -47,7 +47,7 @@ from difflab.models.mlp import MLP
 from difflab.processes.base import DTYPE
 from difflab.processes.discrete import DiscreteChain
 
-_LOG_2PI = math.log(2.0 * math.pi)
+LOG_2PI = math.log(2.0 * math.pi)
 
 Predictor = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 """(x_i, i) -> (eps_hat, v) with i a LongTensor of step indices in 1..T."""
@@ -74,7 +74,7 @@ def _gauss_kl(mu1: Tensor, logvar1: Tensor, mu2: Tensor, logvar2: Tensor) -> Ten
 
 def _gauss_nll(x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     """-log N(x; mu, diag e^logvar) summed over the last dim."""
-    return 0.5 * (_LOG_2PI + logvar + (x - mu).square() * torch.exp(-logvar)).sum(-1)
+    return 0.5 * (LOG_2PI + logvar + (x - mu).square() * torch.exp(-logvar)).sum(-1)
 
 
 class LearnedVarianceDDPM(nn.Module):

@@ -49,7 +49,7 @@ __all__ = [
     "train_vae",
 ]
 
-_LOG_2PI = math.log(2.0 * math.pi)
+LOG_2PI = math.log(2.0 * math.pi)
 # Bounds on network-predicted log-variances (keeps exp() finite early in training).
 LOGVAR_MIN, LOGVAR_MAX = -14.0, 8.0
 
@@ -59,7 +59,7 @@ LOGVAR_MIN, LOGVAR_MAX = -14.0, 8.0
 # ----------------------------------------------------------------------------------------------------------
 def gaussian_log_prob(x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
     """``log N(x; mean, diag exp(logvar))`` summed over the last dimension (broadcasting)."""
-    return -0.5 * (_LOG_2PI + logvar + (x - mean).square() * torch.exp(-logvar)).sum(dim=-1)
+    return -0.5 * (LOG_2PI + logvar + (x - mean).square() * torch.exp(-logvar)).sum(dim=-1)
 
 
 def standard_normal_kl(mean: Tensor, logvar: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ from torch import Tensor
 from difflab._broadcast import batch_time
 from difflab.processes.base import Process
 
-_LOG_2PI = math.log(2.0 * math.pi)
+LOG_2PI = math.log(2.0 * math.pi)
 
 
 class GaussianMixture:
@@ -118,7 +118,7 @@ class GaussianMixture:
         proj = torch.einsum("kdj,bkd->bkj", self.evecs, diff)  # U_k^T diff
         c_evals = alpha**2 * self.evals[None] + sigma**2  # (B, K, D)
         log_comp = (
-            -0.5 * ((proj**2 / c_evals).sum(-1) + torch.log(c_evals).sum(-1) + self.dim * _LOG_2PI)
+            -0.5 * ((proj**2 / c_evals).sum(-1) + torch.log(c_evals).sum(-1) + self.dim * LOG_2PI)
             + torch.log(self.weights)[None]
         )
         return proj, c_evals, log_comp, alpha, sigma

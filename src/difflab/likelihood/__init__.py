@@ -1,7 +1,7 @@
 # Discrete and continuous ELBO (likelihood/elbo.py).
+from difflab.likelihood.discrete_elbo import discrete_nelbo as discrete_nelbo
 from difflab.likelihood.elbo import ElboResult as ElboResult
 from difflab.likelihood.elbo import continuous_nelbo as continuous_nelbo
-from difflab.likelihood.elbo import discrete_nelbo as discrete_nelbo
 from difflab.likelihood.elbo import discretized_gaussian_log_likelihood as discretized_gaussian_log_likelihood
 from difflab.likelihood.elbo import gaussian_kl as gaussian_kl
 from difflab.likelihood.elbo import nats_per_dim as nats_per_dim

@@ -36,7 +36,7 @@ from difflab.objectives.time_dist import LogSNRUniformTime, StratifiedTime
 from difflab.processes.base import DTYPE, Process
 from difflab.processes.discrete import DiscreteChain
 
-_LOG_2PI = math.log(2.0 * math.pi)
+LOG_2PI = math.log(2.0 * math.pi)
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def discretized_gaussian_log_likelihood(
 # --- shared machinery ---------------------------------------------------------------------------------------
 
 
-def _prior_kl(process: Process, x0: Tensor, prior_std: float | None) -> Tensor:
+def prior_kl(process: Process, x0: Tensor, prior_std: float | None) -> Tensor:
     """KL(N(alpha x0, sigma^2 I) || N(0, s^2 I)) at t_max, summed over dims (float64, (B,))."""
     s2 = (process.prior_std if prior_std is None else float(prior_std)) ** 2
     c = process.coefficients(process.t_max)
@@ -160,7 +160,7 @@ def _prior_kl(process: Process, x0: Tensor, prior_std: float | None) -> Tensor:
     return per_dim.sum(1).cpu()
 
 
-def _denoise_rows(
+def denoise_rows(
     denoiser: object,
     process: Process,
     x0: Tensor,
@@ -190,12 +190,12 @@ def _denoise_rows(
     return x0_rep, eps, x0_hat, eps_hat
 
 
-def _sq_norm(d: Tensor, k: int, B: int) -> Tensor:
+def sq_norm(d: Tensor, k: int, B: int) -> Tensor:
     """|d|^2 summed over dims, float64 on CPU, shape (k, B)."""
     return (d.to(DTYPE) ** 2).reshape(k, B, -1).sum(-1).cpu()
 
 
-def _mean_stderr(values: Tensor) -> tuple[Tensor, Tensor]:
+def mean_stderr(values: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and standard error over the last axis (NaN stderr for a single draw)."""
     n = values.shape[-1]
     mean = values.mean(-1)
@@ -255,10 +255,10 @@ def continuous_nelbo(
         raise ValueError(f"n_t must be >= 1, got {n_t}")
     B = x0.shape[0]
     D = x0[0].numel()
-    prior = _prior_kl(process, x0, prior_std)
+    prior = prior_kl(process, x0, prior_std)
     c0 = process.coefficients(process.t_min)
     log_var0 = float(2.0 * (torch.log(c0.sigma) - torch.log(c0.alpha)))  # log(sigma^2 / alpha^2) at t_min
-    recon = torch.full((B,), 0.5 * D * (_LOG_2PI + 1.0 + log_var0), dtype=DTYPE)
+    recon = torch.full((B,), 0.5 * D * (LOG_2PI + 1.0 + log_var0), dtype=DTYPE)
     p_t = LogSNRUniformTime(process, stratified=True) if stratify_logsnr else StratifiedTime(process)
     # stratified over B * n_t points; point k*B + b is example b's k-th draw, so each example's n_t draws are
     # themselves spaced 1/n_t apart (stratified) while each draw is marginally p_t.
@@ -269,239 +269,24 @@ def continuous_nelbo(
     step = max(1, max_batch // B)
     for k0 in range(0, n_t, step):
         k1 = min(n_t, k0 + step)
-        _, eps, _, eps_hat = _denoise_rows(denoiser, process, x0, t[k0:k1], generator)
-        err = _sq_norm(eps - eps_hat, k1 - k0, B)
+        _, eps, _, eps_hat = denoise_rows(denoiser, process, x0, t[k0:k1], generator)
+        err = sq_norm(eps - eps_hat, k1 - k0, B)
         if control_variate:
             snr = torch.exp(process.logsnr(t[k0:k1]))
-            err = err - (snr / (1.0 + snr)) ** 2 * (_sq_norm(eps, k1 - k0, B) - D)
+            err = err - (snr / (1.0 + snr)) ** 2 * (sq_norm(eps, k1 - k0, B) - D)
         values[k0:k1] = integrand[k0:k1] * err
     diffusion = values.mean(0)
     stderr = _stratified_stderr(values.T, t.T)
     return ElboResult(prior + recon + diffusion, prior, recon, diffusion, stderr, D)
 
 
-# --- precision: point spread vs Monte Carlo, and paired differences ---------------------------------------
-
-
-@dataclass(frozen=True)
-class NelboPrecision:
-    """The mean continuous NELBO of a set of points in nats/dim and the two parts of its standard error.
-
-    ``mean``: the mean over points and repeats. ``se_run``: the usual s.e. of one run, std over points of the
-    per-point estimates / sqrt(N) (both parts together). ``se_mc``: the Monte-Carlo part of one run's s.e.,
-    sqrt(mean_i Var_r(estimate_i) / N) from ``repeats`` runs with independent draws of (t, eps) on the
-    *same* points. ``se_points``: the spread part, the s.e. of the mean of the exact per-point NELBOs,
-    sqrt((Var_i(mean_r estimate_i) - mean_i Var_r(estimate_i) / repeats) / N) (one-way ANOVA). ``se_mean``:
-    the s.e. of ``mean`` itself, sqrt(se_points^2 + se_mc^2 / repeats). ``seconds``: wall time of all runs.
-    """
-
-    mean: float
-    se_run: float
-    se_mc: float
-    se_points: float
-    se_mean: float
-    repeats: int
-    n_t: int
-    seconds: float
-
-
-def nelbo_precision(
-    denoiser: object, process: Process, x0: Tensor, *, n_t: int = 512, repeats: int = 4, seed: int = 0, **kw
-) -> NelboPrecision:
-    """Split the s.e. of the mean NELBO (nats/dim) of ``x0`` into its point-spread and Monte-Carlo parts by
-    repeating :func:`continuous_nelbo` ``repeats`` times (generators seeded ``seed + r``) on the same points.
-    Extra keywords go to :func:`continuous_nelbo`."""
-    import time
-
-    if repeats < 2:
-        raise ValueError(f"need repeats >= 2 to measure the Monte-Carlo part, got {repeats}")
-    D = x0[0].numel()
-    start = time.perf_counter()
-    runs = torch.stack(
-        [
-            continuous_nelbo(
-                denoiser, process, x0, n_t=n_t, generator=torch.Generator().manual_seed(seed + r), **kw
-            ).total
-            / D
-            for r in range(repeats)
-        ]
-    )  # (repeats, N)
-    seconds = time.perf_counter() - start
-    N = runs.shape[1]
-    # one-way analysis of variance over (repeat, point): the within-point variance across repeats is the
-    # Monte-Carlo variance; the variance of the per-point means minus its share is the point spread
-    var_mc = float(runs.var(0).mean())
-    var_points = max(float(runs.mean(0).var()) - var_mc / repeats, 0.0)
-    se_run = float(runs.std(1).mean()) / math.sqrt(N)
-    se_mc = math.sqrt(var_mc / N)
-    se_points = math.sqrt(var_points / N)
-    se_mean = math.sqrt(se_points**2 + se_mc**2 / repeats)
-    return NelboPrecision(float(runs.mean()), se_run, se_mc, se_points, se_mean, repeats, n_t, seconds)
-
-
-@dataclass(frozen=True)
-class PairedDifference:
-    """Mean NELBO difference a - b in nats/dim on the same points with the same (t, eps) draws.
-
-    ``se``: the paired s.e., std over points of the per-point differences / sqrt(N) (common random numbers
-    cancel the shared point spread and most of the Monte-Carlo noise). ``se_unpaired``: what the two runs'
-    separate s.e.s would give, sqrt(se_a^2 + se_b^2), for comparison.
-    """
-
-    diff: float
-    se: float
-    se_unpaired: float
-    per_point: Tensor
-
-
-def paired_nelbo_difference(
-    denoiser_a: object,
-    denoiser_b: object,
-    process: Process,
-    x0: Tensor,
-    *,
-    n_t: int = 512,
-    seed: int = 0,
-    **kw,
-) -> PairedDifference:
-    """NELBO(a) - NELBO(b) per dim with common random numbers: both estimates use a generator seeded
-    ``seed``, so (the draws not depending on the denoiser) they see the same t and eps for every point.
-    Extra keywords go to :func:`continuous_nelbo`."""
-    D = x0[0].numel()
-    a = continuous_nelbo(
-        denoiser_a, process, x0, n_t=n_t, generator=torch.Generator().manual_seed(seed), **kw
-    )
-    b = continuous_nelbo(
-        denoiser_b, process, x0, n_t=n_t, generator=torch.Generator().manual_seed(seed), **kw
-    )
-    ta, tb = a.total / D, b.total / D
-    d = ta - tb
-    N = d.numel()
-    se_unpaired = math.sqrt(float(ta.var() + tb.var()) / N)
-    return PairedDifference(float(d.mean()), float(d.std()) / math.sqrt(N), se_unpaired, d)
-
-
-# --- discrete NELBO -----------------------------------------------------------------------------------------
-
-
-def _levels(process: Process, T: int | None, spacing: str = "logsnr") -> Tensor:
-    """The noisy levels t_1 < ... < t_T: the chain grid i/T (T None), or T levels from t_min to t_max.
-
-    ``spacing="logsnr"`` (default) spaces the T levels uniformly in log-SNR, lambda_i = lambda(t_min) +
-    (i - 1)/(T - 1) (lambda(t_max) - lambda(t_min)), so every step multiplies the SNR by the same factor
-    exp(-Delta lambda) and no single step term ``1/2 (SNR_{i-1} - SNR_i) |x0 - x0_hat|^2`` carries a huge
-    weight. ``spacing="t"`` is the old uniform-in-t grid: on trig VP (t_min = 1e-4) its first step divides the
-    SNR by 121, and the exact denoiser of 8-bit data scored ~40 bits/dim instead of 8 (issue 9, item 1).
-    """
-    if T is None:
-        if not isinstance(process, DiscreteChain):
-            raise ValueError(f"discrete_nelbo needs a DiscreteChain or an explicit T for {process!r}")
-        return torch.arange(1, process.T + 1, dtype=DTYPE) / process.T
-    if int(T) < 2:
-        raise ValueError(f"T must be >= 2, got {T}")
-    if spacing == "t":
-        return torch.linspace(process.t_min, process.t_max, int(T), dtype=DTYPE)
-    if spacing != "logsnr":
-        raise ValueError(f"unknown level spacing {spacing!r}; valid spacings: logsnr, t")
-    lam_hi, lam_lo = float(process.logsnr(process.t_min)), float(process.logsnr(process.t_max))
-    t = process.t_of_logsnr(torch.linspace(lam_hi, lam_lo, int(T), dtype=DTYPE)).to(DTYPE)
-    t[0], t[-1] = process.t_min, process.t_max  # exact endpoints (the prior term is taken at t_max)
-    return t
-
-
-def discrete_nelbo(
-    denoiser: object,
-    chain: Process,
-    x0: Tensor,
-    *,
-    generator: torch.Generator | None = None,
-    decoder: str = "gaussian",
-    exact_steps: bool = True,
-    n_steps_mc: int = 64,
-    T: int | None = None,
-    level_spacing: str = "logsnr",
-    prior_std: float | None = None,
-    max_batch: int = 65536,
-) -> ElboResult:
-    """Exact T-step NELBO per example (Ho et al. 2020 eq. 5 with VDM eq. 13 for the step KLs).
-
-    Args:
-        denoiser: a TargetDenoiser or a plain ``D(x_t, t) -> x0_hat``.
-        chain: a DiscreteChain (levels t_i = i/T of the chain) or any process with ``T`` (levels: T points
-            from t_min to t_max, the first playing x_1, spaced by ``level_spacing``).
-        level_spacing: with an explicit ``T``, ``"logsnr"`` (default: uniform in log-SNR) or ``"t"``
-            (uniform in t, a much looser bound for processes whose log-SNR is steep at t_min).
-        decoder: ``"gaussian"`` or ``"discretized"`` (data must then lie in [-1, 1]); variance
-            sigma_1^2/alpha_1^2 (= beta_1/(1 - beta_1) on a chain; Ho et al. use beta_1).
-        exact_steps: evaluate all T - 1 step KLs, one eps draw each (vectorised, ``max_batch`` rows a chunk).
-            ``diffusion_stderr`` is then the successive-difference estimate sqrt(1/2 sum_i (L_{i+1} - L_i)^2)
-            (von Neumann), conservative when the step means vary. Otherwise draw ``n_steps_mc`` steps
-            uniformly from 2..T per example: diffusion = (T - 1) mean, with its standard error.
-    """
-    if decoder not in ("gaussian", "discretized"):
-        raise ValueError(f"unknown decoder {decoder!r}; valid decoders: discretized, gaussian")
-    B = x0.shape[0]
-    D = x0[0].numel()
-    levels = _levels(chain, T, level_spacing)
-    n_levels = levels.numel()
-    c = chain.coefficients(levels)
-    prior = _prior_kl(chain, x0, prior_std)  # the last level is t_max
-
-    # reconstruction -log p(x0 | x_1)
-    x0_rep, _, x0_hat, _ = _denoise_rows(
-        denoiser, chain, x0, levels[:1].reshape(1, 1).expand(1, B), generator
-    )
-    log_var = float(2.0 * (torch.log(c.sigma[0]) - torch.log(c.alpha[0])))
-    if decoder == "gaussian":
-        ll = -0.5 * (_LOG_2PI + log_var + (x0_rep.to(DTYPE) - x0_hat.to(DTYPE)) ** 2 / math.exp(log_var))
-    else:
-        ll = discretized_gaussian_log_likelihood(x0_rep, x0_hat, torch.tensor(0.5 * log_var, dtype=DTYPE))
-    recon = -ll.reshape(B, -1).sum(1).cpu()
-
-    # step terms L_i = 1/2 (SNR_{i-1} - SNR_i) |x0 - x0_hat(x_i)|^2, i = 2..T (levels index i-1)
-    snr_prev = torch.exp(c.logsnr[:-1])
-    coef = -0.5 * snr_prev * torch.expm1(c.logsnr[1:] - c.logsnr[:-1])  # (T-1,)
-    n_steps = n_levels - 1
-    if exact_steps:
-        t_steps = levels[1:, None].expand(n_steps, B)
-        coef_rows = coef[:, None].expand(n_steps, B)
-    else:
-        if n_steps_mc < 1:
-            raise ValueError(f"n_steps_mc must be >= 1, got {n_steps_mc}")
-        gdev = generator.device if generator is not None else torch.device("cpu")
-        j = torch.randint(0, n_steps, (n_steps_mc, B), generator=generator, device=gdev).cpu()
-        t_steps, coef_rows = levels[1:][j], coef[j]
-    rows = t_steps.shape[0]
-    terms = torch.empty(rows, B, dtype=DTYPE)
-    step = max(1, max_batch // B)
-    for k0 in range(0, rows, step):
-        k1 = min(rows, k0 + step)
-        x0_r, _, x0_h, _ = _denoise_rows(denoiser, chain, x0, t_steps[k0:k1], generator, shared_t=exact_steps)
-        terms[k0:k1] = coef_rows[k0:k1] * _sq_norm(x0_r - x0_h, k1 - k0, B)
-    if exact_steps:
-        diffusion = terms.sum(0)
-        if rows >= 2:
-            stderr = torch.sqrt(0.5 * (terms[1:] - terms[:-1]).pow(2).sum(0) * rows / (rows - 1))
-        else:
-            stderr = torch.full((B,), float("nan"), dtype=DTYPE)
-    else:
-        mean, se = _mean_stderr(terms.T)
-        diffusion, stderr = n_steps * mean, n_steps * se
-    return ElboResult(prior + recon + diffusion, prior, recon, diffusion, stderr, D)
-
-
 __all__ = [
     "ElboResult",
-    "NelboPrecision",
-    "PairedDifference",
     "PosteriorCoefficients",
     "continuous_nelbo",
-    "discrete_nelbo",
     "discretized_gaussian_log_likelihood",
     "gaussian_kl",
     "nats_per_dim",
-    "nelbo_precision",
-    "paired_nelbo_difference",
     "posterior_coefficients",
     "to_bits_per_dim",
 ]

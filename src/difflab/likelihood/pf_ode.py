@@ -72,7 +72,7 @@ PROBES = ("rademacher", "gaussian")
 SOLVERS = ("rk4", "heun", "dopri5")
 GRIDS = ("uniform_logsnr", "uniform_t")
 
-_LOG_2PI = math.log(2.0 * math.pi)
+LOG_2PI = math.log(2.0 * math.pi)
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def gaussian_log_prob(x: Tensor, std: float) -> Tensor:
     """log N(x; 0, std^2 I) summed over all but the batch dimension."""
     flat = x.reshape(x.shape[0], -1).to(torch.float64)
     n = flat.shape[1]
-    return -0.5 * (flat**2).sum(1) / std**2 - 0.5 * n * (_LOG_2PI + 2.0 * math.log(std))
+    return -0.5 * (flat**2).sum(1) / std**2 - 0.5 * n * (LOG_2PI + 2.0 * math.log(std))
 
 
 def bits_per_dim(log_prob: Tensor, dim: int, *, bin_width: float = 2.0 / 255.0) -> Tensor:

@@ -224,7 +224,8 @@ def discrete_bpd(
     ``mc_steps`` Monte-Carlo steps per image), reconstruction -log P(x0 | x_1) with
     :func:`discretized_gaussian_log_likelihood` at ``bins = levels``.
     """
-    from difflab.likelihood.elbo import discrete_nelbo, discretized_gaussian_log_likelihood
+    from difflab.likelihood.discrete_elbo import discrete_nelbo
+    from difflab.likelihood.elbo import discretized_gaussian_log_likelihood
     from difflab.processes import DiscreteChain
 
     chain_T = None if isinstance(process, DiscreteChain) else T
