@@ -296,6 +296,52 @@ def _dopri5(
     return y, accepted, rejected
 
 
+def _draw_probes(
+    x0: Tensor, divergence: str, n_probes: int, probe: str, generator: torch.Generator | None
+) -> Tensor | None:
+    """Hutchinson probes (n_probes * B, *dims), Rademacher or Gaussian, drawn once; None for "exact"."""
+    if divergence != "hutchinson":
+        return None
+    if n_probes < 1:
+        raise ValueError(f"n_probes must be >= 1, got {n_probes}")
+    rep_shape = (int(n_probes) * x0.shape[0], *x0.shape[1:])
+    if probe == "gaussian":
+        probes = torch.randn(rep_shape, generator=generator, dtype=x0.dtype)
+    else:
+        probes = torch.randint(0, 2, rep_shape, generator=generator).to(x0.dtype) * 2 - 1
+    return probes.to(x0.device)
+
+
+def _result(
+    process: Process, y: Tensor, shape: torch.Size, N: int, P: int, nfe: int, n_steps: int, rejected: int,
+    solver: str, divergence: str, grid: str, rtol: float, atol: float,
+) -> LikelihoodResult:  # fmt: skip
+    """Pack the integrated state y = [x_{t_max}, Delta log p per probe] into a :class:`LikelihoodResult`."""
+    x_t_max = y[:, :N].reshape(shape)
+    per_probe = y[:, N:].to(torch.float64)  # (B, P)
+    delta = per_probe.mean(dim=1)
+    prior = gaussian_log_prob(x_t_max, process.prior_std)
+    adaptive, hutchinson = solver == "dopri5", divergence == "hutchinson"
+    return LikelihoodResult(
+        log_prob=prior + delta,
+        prior_log_prob=prior,
+        delta_log_prob=delta,
+        x_t_max=x_t_max,
+        nfe=nfe,
+        steps=n_steps,
+        rejected=rejected,
+        solver=solver,
+        divergence=divergence,
+        grid=grid,
+        n_probes=P if hutchinson else 0,
+        t_min=process.t_min,
+        t_max=process.t_max,
+        rtol=rtol if adaptive else None,
+        atol=atol if adaptive else None,
+        probe_delta_log_prob=per_probe.T.contiguous() if hutchinson else None,
+    )
+
+
 def pf_ode_log_likelihood(
     denoiser: Callable[[Tensor, Tensor], Tensor],
     process: Process,
@@ -336,19 +382,8 @@ def pf_ode_log_likelihood(
         raise ValueError(f"x0 must have shape (B, *dims), got {tuple(x0.shape)}")
     B, N = x0.shape[0], math.prod(x0.shape[1:])
 
-    probes = None
-    P = 1
-    if divergence == "hutchinson":
-        if n_probes < 1:
-            raise ValueError(f"n_probes must be >= 1, got {n_probes}")
-        P = int(n_probes)
-        rep_shape = (P * B, *x0.shape[1:])
-        if probe == "gaussian":
-            probes = torch.randn(rep_shape, generator=generator, dtype=x0.dtype)
-        else:
-            probes = torch.randint(0, 2, rep_shape, generator=generator).to(x0.dtype) * 2 - 1
-        probes = probes.to(x0.device)
-
+    probes = _draw_probes(x0, divergence, n_probes, probe, generator)
+    P = 1 if probes is None else int(n_probes)
     field, counter = _make_field(denoiser, process, x0.shape, divergence, probes, grid)
     y = torch.cat([x0.detach().reshape(B, N), torch.zeros(B, P, dtype=x0.dtype, device=x0.device)], dim=1)
     rejected = 0
@@ -360,26 +395,6 @@ def pf_ode_log_likelihood(
         y = (_rk4 if solver == "rk4" else _heun)(field, y, steps)
         n_steps = steps
 
-    x_t_max = y[:, :N].reshape(x0.shape)
-    per_probe = y[:, N:].to(torch.float64)  # (B, P)
-    delta = per_probe.mean(dim=1)
-    prior = gaussian_log_prob(x_t_max, process.prior_std)
-    adaptive = solver == "dopri5"
-    return LikelihoodResult(
-        log_prob=prior + delta,
-        prior_log_prob=prior,
-        delta_log_prob=delta,
-        x_t_max=x_t_max,
-        nfe=counter[0],
-        steps=n_steps,
-        rejected=rejected,
-        solver=solver,
-        divergence=divergence,
-        grid=grid,
-        n_probes=P if divergence == "hutchinson" else 0,
-        t_min=process.t_min,
-        t_max=process.t_max,
-        rtol=rtol if adaptive else None,
-        atol=atol if adaptive else None,
-        probe_delta_log_prob=per_probe.T.contiguous() if divergence == "hutchinson" else None,
+    return _result(
+        process, y, x0.shape, N, P, counter[0], n_steps, rejected, solver, divergence, grid, rtol, atol
     )

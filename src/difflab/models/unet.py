@@ -165,13 +165,31 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
 
-        res = self._padded(image_size)
-        ch = channels
+        block = (emb_dim, dropout, groups, num_heads, scale_shift)
+        ch, skip_chs, res = self._build_down(self._padded(image_size), *block)
+        self.mid = nn.ModuleList([
+            ResBlock(ch, ch, emb_dim, dropout, groups, scale_shift),
+            AttnBlock(ch, num_heads, groups),
+            ResBlock(ch, ch, emb_dim, dropout, groups, scale_shift),
+        ])
+        ch = self._build_up(ch, skip_chs, res, *block)
+
+        self.norm_out = _norm(ch, groups)
+        self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def _build_down(
+        self, res: int, emb_dim: int, dropout: float, groups: int, num_heads: int, scale_shift: bool
+    ) -> tuple[int, list[int], int]:
+        """The down path (res blocks, attention at ``attn_resolutions``, downsampling between levels);
+        returns the channels at the bottom, the skip channels in push order, and the bottom resolution."""
+        channels, ch = self.channels, self.channels
         skip_chs = [ch]
         self.down = nn.ModuleList()
         for level, mult in enumerate(self.channel_mults):
             out_ch = channels * mult
-            for _ in range(num_res_blocks):
+            for _ in range(self.num_res_blocks):
                 blocks = nn.ModuleList([ResBlock(ch, out_ch, emb_dim, dropout, groups, scale_shift)])
                 if res in self.attn_resolutions:
                     blocks.append(AttnBlock(out_ch, num_heads, groups))
@@ -182,32 +200,28 @@ class UNet(nn.Module):
                 self.down.append(nn.ModuleList([Downsample(ch)]))
                 skip_chs.append(ch)
                 res //= 2
+        return ch, skip_chs, res
 
-        self.mid = nn.ModuleList([
-            ResBlock(ch, ch, emb_dim, dropout, groups, scale_shift),
-            AttnBlock(ch, num_heads, groups),
-            ResBlock(ch, ch, emb_dim, dropout, groups, scale_shift),
-        ])
-
+    def _build_up(
+        self, ch: int, skip_chs: list[int], res: int, emb_dim: int, dropout: float, groups: int,
+        num_heads: int, scale_shift: bool,
+    ) -> int:  # fmt: skip
+        """The up path, popping one skip connection per res block; returns the output channels."""
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(self.channel_mults))):
-            out_ch = channels * mult
-            for i in range(num_res_blocks + 1):
+            out_ch = self.channels * mult
+            for i in range(self.num_res_blocks + 1):
                 blocks = nn.ModuleList([ResBlock(ch + skip_chs.pop(), out_ch, emb_dim, dropout, groups,
                                                  scale_shift)])
                 ch = out_ch
                 if res in self.attn_resolutions:
                     blocks.append(AttnBlock(ch, num_heads, groups))
-                if level != 0 and i == num_res_blocks:
+                if level != 0 and i == self.num_res_blocks:
                     blocks.append(Upsample(ch))
                     res *= 2
                 self.up.append(blocks)
         assert not skip_chs
-
-        self.norm_out = _norm(ch, groups)
-        self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
+        return ch
 
     def _padded(self, size: int) -> int:
         return -(-size // self.factor) * self.factor
