@@ -77,7 +77,7 @@ def test_report_never_bolds_floor_oracle_or_constant(tmp_path):
     assert "0.95 ≈" not in text and "**0.95" not in text  # nll_true: constant
     # test of the test: the floor column *would* be a significant best under another name
     renamed = [{**r, "kde_klx": r["kde_kl_floor"]} for r in rows]
-    group = comparison_groups(renamed, AXES, spec.compare_within)[0]
+    group = comparison_groups(renamed, AXES, spec)[0]
     comp = compare_group(group, "kde_klx", spec, ["train.seed"])
     assert comp is not None and comp.significant and comp.best == "eps"
     assert compare_group(group, "kde_kl_floor", spec, ["train.seed"]) is None
@@ -87,7 +87,7 @@ def test_report_never_bolds_floor_oracle_or_constant(tmp_path):
     oracle_line = next(ln for ln in answer.splitlines() if ln.startswith("| oracle (reference)"))
     floor_line = next(ln for ln in answer.splitlines() if ln.startswith("| floor"))
     assert "**" not in oracle_line and "**" not in floor_line
-    assert "| `eps` | **0.11 ± 0.0248**" in answer  # t_{2,0.975} 4.303 x 0.01 / sqrt(3)
+    assert "| `eps` | **0.11 ± 0.025**" in answer  # t_{2,0.975} 4.303 x 0.01 / sqrt(3)
     assert "paired by training seed over 3 seeds, so the intervals cover seed variance" in answer
     assert (
         "**kl**: `eps` (0.11) is best, significantly better than every other arm; worse: `x0` by 0.5"

@@ -85,11 +85,12 @@ class Group:
 
 
 def comparison_groups(
-    rows: Sequence[Mapping[str, Any]], axes_keys: Sequence[str], within: Sequence[str]
+    rows: Sequence[Mapping[str, Any]], axes_keys: Sequence[str], spec: ReportSpec
 ) -> list[Group]:
-    """Rows split by their ``within`` values (keys that are study axes), each split into arms."""
+    """Rows split by their ``spec.compare_within`` values (keys that are study axes), each split into arms;
+    extra rows are references by :meth:`ReportSpec.is_reference`."""
     keys = table_keys(rows, axes_keys)
-    within = [k for k in within if k in axes_keys]
+    within = [k for k in spec.compare_within if k in axes_keys]
     arm_keys = [k for k in keys if k not in within and k != "label"]
     groups: dict[tuple, Group] = {}
     for row in rows:
@@ -101,7 +102,7 @@ def comparison_groups(
             label = row.get("label") or ""
             parts = [str(row[k]) for k in arm_keys if row.get(k) is not None]
             name = " / ".join(([label] if label else []) + ([] if label else parts)) or str(row["run_id"])
-            arm = Arm(name, ident, bool(label))
+            arm = Arm(name, ident, spec.is_reference(label))
             group.arms.append(arm)
         arm.rows.append(row)
     return list(groups.values())
@@ -117,21 +118,23 @@ def is_ranked(metric: str, spec: ReportSpec, rows: Sequence[Mapping[str, Any]]) 
 
 
 def candidates(group: Group, spec: ReportSpec) -> list[Arm]:
-    return [a for a in group.arms if spec.best_among_extras or not a.reference]
+    """The arms that may be "best": every arm but the references."""
+    return [a for a in group.arms if not a.reference]
 
 
 def compare_group(
     group: Group, metric: str, spec: ReportSpec, seed_keys: Sequence[str]
 ) -> GroupComparison | None:
-    """Best candidate arm and ties for one metric (module docstring), or None if it cannot be tested."""
+    """Best candidate arm and ties for one metric (module docstring), or None if it cannot be tested. With
+    seeds, only the arms with at least 2 seeds take part (the others are left out of the comparison)."""
     arms = candidates(group, spec)
     rows = [r for a in arms for r in a.rows]
     if len(arms) < 2 or not is_ranked(metric, spec, rows):
         return None
     direction = spec.directions.get(metric, "min")
     by_seed = {a.name: a.seed_values(metric, seed_keys) for a in arms}
-    if all(len(v) >= 2 for v in by_seed.values()):
-        return compare_arms(by_seed, metric, direction, "seeds")
+    if any(len(v) >= 2 for v in by_seed.values()):  # arms with fewer seeds stay untested
+        return compare_arms({a: v for a, v in by_seed.items() if len(v) >= 2}, metric, direction, "seeds")
     points = {}
     for arm in arms:
         arrays = [spec.pointwise.get(r["run_id"], {}).get(metric) for r in arm.rows]
@@ -158,7 +161,7 @@ def table_marks(
     """metric -> arm identity -> mark, over every comparison group, for the full table."""
     seed_keys = [k for k in axes_keys if is_seed_key(k)]
     out: dict[str, dict[tuple, str]] = {}
-    for group in comparison_groups(rows, axes_keys, spec.compare_within):
+    for group in comparison_groups(rows, axes_keys, spec):
         by_name = {a.name: a.ident for a in group.arms}
         for metric in metrics:
             for name, mark in group_marks(compare_group(group, metric, spec, seed_keys)).items():

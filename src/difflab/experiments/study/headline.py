@@ -40,6 +40,11 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
 
 
+def _pm(x: float) -> str:
+    """The ± of an interval: two significant digits."""
+    return f"{x:.2g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.1e}"
+
+
 def arm_cell(arm: Arm, metric: str, spec: ReportSpec, seed_keys: Sequence[str]) -> str:
     """``mean ± half-width`` of the arm's value (module docstring), or "—"."""
     vals = list(arm.seed_values(metric, seed_keys).values())
@@ -49,9 +54,9 @@ def arm_cell(arm: Arm, metric: str, spec: ReportSpec, seed_keys: Sequence[str]) 
     if len(vals) >= 2:
         sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
         half = float(_st.t.ppf(0.975, len(vals) - 1)) * sd / math.sqrt(len(vals))
-        return f"{_fmt(mean)} ± {_fmt(half)}"
+        return f"{_fmt(mean)} ± {_pm(half)}"
     se = arm.value(spec.se_of[metric]) if metric in spec.se_of else None
-    return f"{_fmt(mean)} ± {_fmt(1.96 * se)}" if se is not None else _fmt(mean)
+    return f"{_fmt(mean)} ± {_pm(1.96 * se)}" if se is not None else _fmt(mean)
 
 
 def headline_metrics(group: Group, spec: ReportSpec) -> list[str]:
@@ -70,7 +75,7 @@ def _verdict(arm: Arm) -> str:
     if text is None:
         return DASH
     change, se = arm.value("verdict_change"), arm.value("verdict_se")
-    return text if change is None else f"{text} (Δ {_fmt(change)}" + (f" ± {_fmt(se)})" if se else ")")
+    return text if change is None else f"{text} (Δ {_fmt(change)}" + (f" ± {_pm(se)})" if se else ")")
 
 
 def _mark(text: str, mark: str | None) -> str:
@@ -150,26 +155,34 @@ def coverage_sentence(comps: Mapping[str, GroupComparison | None]) -> str:
     )
 
 
-def metric_sentence(metric: str, comp: GroupComparison, spec: ReportSpec) -> str:
+def metric_sentence(metric: str, comp: GroupComparison, spec: ReportSpec, group: Group) -> str:
     """E.g. "KL: eps, v and score are tied (...); x0 is worse by 0.74 ± 0.05 nats"."""
     unit = _unit(metric, spec)
     best = f"`{comp.best}` ({_fmt(comp.means[comp.best])}{unit})"
     worse = [
-        f"`{a}` by {_fmt(abs(comp.intervals[a].diff))} ± {_fmt(comp.intervals[a].half_width)}{unit}"
+        f"`{a}` by {_fmt(abs(comp.intervals[a].diff))} ± {_pm(comp.intervals[a].half_width)}{unit}"
         for a in comp.worse
     ]
     if comp.significant:
         head = f"**{metric}**: {best} is best, significantly better than every other arm"
     else:
         tied = ", ".join(
-            f"`{a}` (Δ {_signed(comp.intervals[a].diff)} ± {_fmt(comp.intervals[a].half_width)})"
+            f"`{a}` (Δ {_signed(comp.intervals[a].diff)} ± {_pm(comp.intervals[a].half_width)})"
             for a in comp.tied
         )
         head = (
             f"**{metric}**: the best, {best}, is tied with {tied} (the 95% interval of each difference "
             "contains 0 after Holm)"
         )
-    return head + (f"; worse: {', '.join(worse)}." if worse else ".")
+    head += f"; worse: {', '.join(worse)}" if worse else ""
+    left_out = [
+        a.name for a in candidates(group, spec) if a.name not in comp.intervals and a.name != comp.best
+    ]
+    return head + (
+        f"; not compared (too few seeds or values): {', '.join(f'`{a}`' for a in left_out)}."
+        if left_out
+        else "."
+    )
 
 
 def _signed(x: float) -> str:
@@ -179,7 +192,8 @@ def _signed(x: float) -> str:
 def sampler_sentence(group: Group, metric: str, spec: ReportSpec, comp: GroupComparison | None) -> str | None:
     """The sample metric beside its floor and the oracle through the same sampler: how much is the model's."""
     floor = _mean([a.value(spec.floor_of(metric)) for a in group.arms])
-    oracle = next((a.value(metric) for a in group.arms if a.reference and a.name == spec.oracle_label), None)
+    oracle_arm = next((a for a in group.arms if a.reference and a.name.startswith(spec.oracle_label)), None)
+    oracle = oracle_arm.value(metric) if oracle_arm is not None else None
     vals = {a.name: a.value(metric) for a in candidates(group, spec) if a.value(metric) is not None}
     if floor is None or not vals:
         return None
@@ -187,10 +201,18 @@ def sampler_sentence(group: Group, metric: str, spec: ReportSpec, comp: GroupCom
     best_name = str(comp.best) if comp is not None else min(vals, key=lambda a: sign * vals[a])
     best = vals[best_name]
     text = f"**{metric}** beside its floor: floor {_fmt(floor)} (fresh true samples)"
+    samplers = {a.name: a.text("sampler") for a in group.arms}
     if oracle is not None:
-        text += f", oracle through the same sampler {_fmt(oracle)}"
-    text += f", best arm `{best_name}` {_fmt(best)}"
-    if oracle is not None and abs(best - floor) > 0:
+        text += f", oracle {_fmt(oracle)}" + (
+            f" (sampler {samplers[oracle_arm.name]})" if samplers[oracle_arm.name] else ""
+        )
+    text += f", best arm `{best_name}` {_fmt(best)}" + (
+        f" (sampler {samplers[best_name]})" if samplers.get(best_name) else ""
+    )
+    same = samplers.get(best_name) == (samplers[oracle_arm.name] if oracle_arm is not None else None)
+    if oracle is not None and sign * (oracle - floor) <= 0:
+        text += "; the oracle reaches the floor, so the sampler's own error is not measurable here"
+    elif oracle is not None and same and sign * (best - floor) > 0:
         share = (oracle - floor) / (best - floor)
         text += (
             f": the sampler alone accounts for {100 * share:.0f}% of the best arm's distance from the floor"
@@ -228,7 +250,7 @@ def group_section(group: Group, spec: ReportSpec, seed_keys: Sequence[str], leve
     lines += ["Conclusions:", "", f"- {coverage_sentence(comps)}"]
     for m in metrics:
         if comps[m] is not None:
-            lines.append(f"- {metric_sentence(m, comps[m], spec)}")
+            lines.append(f"- {metric_sentence(m, comps[m], spec, group)}")
         sentence = sampler_sentence(group, m, spec, comps[m])
         if sentence:
             lines.append(f"- {sentence}")
@@ -253,6 +275,6 @@ def answer_section(
         "not testable. Floors, reference rows and constant columns are never best.",
         "",
     ]
-    for group in comparison_groups(rows, axes_keys, spec.compare_within):
+    for group in comparison_groups(rows, axes_keys, spec):
         lines += group_section(group, spec, seed_keys, 3)
     return lines

@@ -33,7 +33,9 @@ class ReportSpec:
     "best" besides the automatic ones (``*_floor``, ``*_se``, ``n_*``, ``verdict*`` and columns constant
     across the candidate rows). ``pointwise``: run_id -> metric -> per-point values whose mean is the metric
     (same points and draws across arms), for paired per-point intervals when there is one seed.
-    ``oracle_label``: the extra row whose value is shown beside the sample metric. ``floors``: metric ->
+    ``oracle_label``: the extra row (the first whose label starts with it) shown beside the sample metric.
+    ``reference_labels``: label prefixes of the extra rows that are references (floors, oracles), never
+    "best"; None (default): every extra row is a reference unless ``best_among_extras``. ``floors``: metric ->
     its floor column where that is not ``<metric>_floor`` (e.g. ``fid_same_n`` -> ``fid_floor``).
     """
 
@@ -50,6 +52,15 @@ class ReportSpec:
     pointwise: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     oracle_label: str = "oracle"
     floors: Mapping[str, str] = field(default_factory=dict)
+    reference_labels: tuple[str, ...] | None = None
+
+    def is_reference(self, label: str | None) -> bool:
+        """Whether rows with this ``label`` are references, not candidates for "best"."""
+        if not label:
+            return False
+        if self.reference_labels is None:
+            return not self.best_among_extras
+        return label.startswith(self.reference_labels)
 
     def floor_of(self, metric: str) -> str:
         return self.floors.get(metric, f"{metric}_floor")

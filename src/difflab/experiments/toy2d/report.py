@@ -64,6 +64,8 @@ METRIC_SPECS = {m: "min" for m in REPORT_METRICS} | {"cat_purity": "max", "cat_n
 HEADLINE = ("kl", "nll", "nelbo", "kde_kl|mmd2")
 SE_OF = {"kl": "kl_se", "nll": "nll_se", "nelbo": "nelbo_se"}
 UNITS = {"kl": "nats", "nll": "nats/dim", "nelbo": "nats/dim", "kl_elbo": "nats"}
+# Extra rows that are references (never best); other extras (score-SDE's "vp" arms, the VAEs) compete.
+REFERENCES = ("oracle", "truth")
 # Never "best": the data law's own NLL, solver/sampler costs, losses of different objectives, settings.
 UNRANKED = ("nll_true", "final_loss", "train_seconds", "kde_h", "diverged_at")
 
@@ -115,6 +117,7 @@ def report_spec(rows: Sequence[Mapping[str, Any]], out: str) -> ReportSpec:
         units=UNITS,
         unranked=UNRANKED + tuple(counts),
         pointwise=load_pointwise(rows, out),
+        reference_labels=REFERENCES,
     )
 
 
