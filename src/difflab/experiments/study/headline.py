@@ -200,7 +200,7 @@ def sampler_sentence(group: Group, metric: str, spec: ReportSpec, comp: GroupCom
     sign = -1.0 if spec.directions.get(metric, "min") == "max" else 1.0
     best_name = str(comp.best) if comp is not None else min(vals, key=lambda a: sign * vals[a])
     best = vals[best_name]
-    text = f"**{metric}** beside its floor: {_fmt(floor)} (`{spec.floor_of(metric)}`, the metric on true data)"
+    text = f"**{metric}** beside its floor: {_fmt(floor)} (`{spec.floor_of(metric)}`: on true data)"
     samplers = {a.name: a.text("sampler") for a in group.arms}
     if oracle is not None:
         text += f", oracle {_fmt(oracle)}" + (
