@@ -51,8 +51,9 @@ def test_summarise_mean_std_and_best():
     # acc (max): v beats eps by exactly 0.05 on both common seeds (s = 0), a significant best.
     # diverged_at has one value: nothing to compare.
     assert summary.best == {"acc": {1}} and summary.ties == {"kl": {0, 1}}
-    # the oracle as a candidate has one seed: no seed pairing, no per-point values, so nothing is marked
-    assert summarise(_rows(), AXES, {"acc": "max"}, best_among_extras=True).ties == {}
+    # the oracle as a candidate has one seed: it cannot be paired by seed, so it is left out (never marked)
+    # although its kl (0.5) is the lowest; eps and v are compared as before
+    assert summarise(_rows(), AXES, {"acc": "max"}, best_among_extras=True).ties == {"kl": {0, 1}}
     with pytest.raises(ValueError, match="direction"):
         summarise(_rows(), AXES, {"kl": "lowest"})
 
