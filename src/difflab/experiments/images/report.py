@@ -137,7 +137,33 @@ def make_image_plots(rows: Sequence[Mapping[str, Any]], out: str) -> list[str]:
     return figures
 
 
-REPORT = ReportSpec(tuple(REPORT_METRICS), tuple(TERMINAL_METRICS), METRIC_SPECS, tuple(NOTES), True)
+# The headline (issue 10): FID and KID at the floor's n beside their floor, bits/dim, the verdict column
+# (added by the report). Ties by paired intervals over seeds where a study has several; one seed: untested.
+HEADLINE = ("fid_same_n|fid", "kid_same_n|kid", "bpd", "bpd_pf_ode")
+FLOORS = {"fid_same_n": "fid_floor", "kid_same_n": "kid_floor"}
+UNRANKED = (
+    "best_val_loss",  # each arm's own objective: comparable within an objective only
+    "final_loss",
+    "stopped_early_at",
+    "nfe",
+    "classifier_test_acc",
+    "sample_seconds_per_image",
+    "train_seconds",
+)
+
+REPORT = ReportSpec(
+    tuple(REPORT_METRICS),
+    tuple(TERMINAL_METRICS),
+    METRIC_SPECS,
+    tuple(NOTES),
+    True,
+    compare_within=("data.name",),
+    headline=HEADLINE,
+    se_of={"bpd": "bpd_se", "bpd_pf_ode": "bpd_pf_ode_se"},
+    units={"bpd": "bits/dim", "bpd_pf_ode": "bits/dim"},
+    unranked=UNRANKED,
+    floors=FLOORS,
+)
 
 
 def report_spec(rows: Sequence[Mapping[str, Any]], out: str) -> ReportSpec:

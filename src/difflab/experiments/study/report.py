@@ -1,10 +1,14 @@
-"""Study reports: results rows grouped over seeds -> a markdown table (mean ± std, best in bold).
+"""Study reports: the answer first (per comparison group, a headline table and conclusions from paired
+comparisons, :mod:`difflab.experiments.study.headline`), then figures, notes and settings, then the full
+table of every metric as an appendix (mean ± std over seeds, significant bests in bold, ties marked).
 
 A row is a flat dict as written to ``results.csv`` by :mod:`difflab.experiments.study.engine`: ``run_id``,
 optionally ``label`` (non-empty for extra runs such as the oracle), one value per axis key, ``status``,
 metric values, ``seconds``, ``steps`` and ``error``. Rows are grouped by every axis except seed-like ones
 (``seed``, ``*.seed``); each metric cell is the mean ± sample standard deviation (ddof = 1) over the finite
-values of the group, with the count stated where it is smaller than the group's size.
+values of the group, with the count stated where it is smaller than the group's size. A cell is bold only
+where its arm is significantly the best of its comparison group (:mod:`difflab.experiments.study.compare`),
+and marked ``≈`` where it is the best or tied with it; floors, s.e.s, counts and constant columns never are.
 """
 
 from __future__ import annotations
@@ -15,13 +19,17 @@ import os
 import statistics
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from difflab.experiments.study.compare import MARK_BEST, identity, table_keys, table_marks
+from difflab.experiments.study.headline import answer_section
 from difflab.experiments.study.plan import is_seed_key
+from difflab.experiments.study.reportspec import NON_METRIC_KEYS, ReportSpec, metric_names
 
-NON_METRIC_KEYS = frozenset({"run_id", "label", "status", "seconds", "steps", "error"})
+__all__ = ["NON_METRIC_KEYS", "ReportSpec", "finish_study", "format_table", "metric_names", "summarise"]
+
 DIRECTIONS = ("min", "max")
 
 
@@ -55,7 +63,8 @@ class Group:
 
 @dataclass
 class Summary:
-    """Grouped view of a results table."""
+    """Grouped view of a results table. ``best[metric]``: group indices that are significantly the best of
+    their comparison group; ``ties[metric]``: the best and the groups tied with it where none is."""
 
     group_keys: list[str]
     seed_keys: list[str]
@@ -63,13 +72,7 @@ class Summary:
     directions: dict[str, str]
     groups: list[Group]
     best: dict[str, set[int]]
-
-
-def metric_names(rows: Sequence[Mapping[str, Any]], axes_keys: Sequence[str]) -> list[str]:
-    """Sorted keys that hold a number in at least one row and are neither axes nor bookkeeping."""
-    skip = NON_METRIC_KEYS | set(axes_keys)
-    names = {k for r in rows for k, v in r.items() if k not in skip and isinstance(v, int | float)}
-    return sorted(k for k in names if not all(isinstance(r.get(k), bool) for r in rows if k in r))
+    ties: dict[str, set[int]] = field(default_factory=dict)
 
 
 def summarise(
@@ -79,8 +82,10 @@ def summarise(
     *,
     metrics: Sequence[str] | None = None,
     best_among_extras: bool = False,
+    spec: ReportSpec | None = None,
 ) -> Summary:
-    """Group rows over seeds and find the best group mean per metric.
+    """Group rows over seeds and mark, per metric, the significant best and the ties of each comparison
+    group (:func:`difflab.experiments.study.compare.table_marks`).
 
     Args:
         rows: results rows.
@@ -89,20 +94,22 @@ def summarise(
         metrics: metric columns in order (default: every numeric metric, sorted).
         best_among_extras: whether groups with a non-empty ``label`` (extras such as an oracle, which are
             references) may be marked best.
+        spec: comparison groups, unranked metrics and per-point values (default: one group, no per-point
+            values, ``metric_specs`` and ``best_among_extras`` as given).
     """
     specs = dict(metric_specs or {})
     for name, direction in specs.items():
         if direction not in DIRECTIONS:
             raise ValueError(f"metric {name!r}: direction must be 'min' or 'max', got {direction!r}")
+    spec = replace(
+        spec or ReportSpec(compare_within=()), directions=specs, best_among_extras=best_among_extras
+    )
     seed_keys = [k for k in axes_keys if is_seed_key(k)]
-    group_keys = [k for k in axes_keys if not is_seed_key(k)]
-    if any(r.get("label") for r in rows):
-        group_keys = ["label", *group_keys]
+    group_keys = table_keys(rows, axes_keys)
     names = list(metrics) if metrics is not None else metric_names(rows, axes_keys)
     groups: dict[tuple, Group] = {}
     for row in rows:
-        key = tuple(_hashable(row.get(k)) for k in group_keys)
-        group = groups.setdefault(key, Group({k: row.get(k) for k in group_keys}))
+        group = groups.setdefault(identity(row, group_keys), Group({k: row.get(k) for k in group_keys}))
         group.n += 1
         group.statuses[str(row.get("status", "unknown"))] += 1
         for name in names:
@@ -110,24 +117,14 @@ def summarise(
                 group.values.setdefault(name, []).append(float(row[name]))
         if _finite(row.get("seconds")):
             group.seconds.append(float(row["seconds"]))
-    ordered = list(groups.values())
+    index = {ident: i for i, ident in enumerate(groups)}
     best: dict[str, set[int]] = {}
-    for name in names:
-        sign = -1.0 if specs.get(name, "min") == "max" else 1.0
-        scored = [
-            (sign * st[0], i)
-            for i, g in enumerate(ordered)
-            if (best_among_extras or not g.key.get("label")) and (st := g.stats(name)) is not None
-        ]
-        if scored:
-            top = min(s for s, _ in scored)
-            best[name] = {i for s, i in scored if s == top}
+    ties: dict[str, set[int]] = {}
+    for name, marks in table_marks(rows, axes_keys, names, spec).items():
+        for ident, mark in marks.items():
+            (best if mark == MARK_BEST else ties).setdefault(name, set()).add(index[ident])
     directions = {name: specs.get(name, "min") for name in names}
-    return Summary(group_keys, seed_keys, names, directions, ordered, best)
-
-
-def _hashable(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
+    return Summary(group_keys, seed_keys, names, directions, list(groups.values()), best, ties)
 
 
 def format_value(mean: float, std: float, count: int, n: int) -> str:
@@ -137,6 +134,7 @@ def format_value(mean: float, std: float, count: int, n: int) -> str:
 
 
 def _cells(summary: Summary, bold: tuple[str, str]) -> tuple[list[str], list[list[str]]]:
+    """Header and body of the table; ``bold`` wraps a significant best, `` ≈`` follows a tie."""
     arrows = {"min": "↓", "max": "↑"}
     header = [*summary.group_keys, "n", "status"]
     header += [f"{m} {arrows[summary.directions[m]]}" for m in summary.metrics] + ["seconds"]
@@ -153,6 +151,8 @@ def _cells(summary: Summary, bold: tuple[str, str]) -> tuple[list[str], list[lis
             text = format_value(mean, std, count, count)
             if i in summary.best.get(name, ()):
                 text = f"{bold[0]}{text}{bold[1]}"
+            elif i in summary.ties.get(name, ()):
+                text = f"{text} ≈"
             cells.append(text if count == group.n else f"{text} (n={count})")
         cells.append(f"{statistics.fmean(group.seconds):.1f}" if group.seconds else "–")
         body.append(cells)
@@ -181,15 +181,19 @@ def format_table(
     metrics: Sequence[str] | None = None,
     style: str = "markdown",
     best_among_extras: bool = False,
+    spec: ReportSpec | None = None,
 ) -> str:
-    """The grouped table as text: ``style="markdown"`` (best in ``**bold**``) or ``"plain"`` (best: ``*``).
+    """The grouped table as text: ``style="markdown"`` (a significant best in ``**bold**``) or ``"plain"``
+    (``*``); ties with the best (and the best where it is not significant) end in `` ≈``.
 
     Columns: non-seed axes (and ``label`` when there are extras), n, status summary, one column per metric
-    (↓ lower is better, ↑ higher), mean seconds per run.
+    (↓ lower is better, ↑ higher), mean seconds per run. ``spec``: as in :func:`summarise`.
     """
     if style not in ("markdown", "plain"):
         raise ValueError(f"style must be 'markdown' or 'plain', got {style!r}")
-    summary = summarise(rows, axes_keys, metric_specs, metrics=metrics, best_among_extras=best_among_extras)
+    summary = summarise(
+        rows, axes_keys, metric_specs, metrics=metrics, best_among_extras=best_among_extras, spec=spec
+    )
     markdown = style == "markdown"
     header, body = _cells(summary, ("**", "**") if markdown else ("", " *"))
     return _render(header, body, markdown)
@@ -274,33 +278,43 @@ def write_report(
     best_among_extras: bool = False,
     filename: str = "report.md",
     sections: Sequence[str] = (),
+    spec: ReportSpec | None = None,
 ) -> Path:
-    """Write ``out_dir/report.md``: header (study, date, settings, axes, notes), the grouped table, errors,
-    figures, then any extra ``sections`` (markdown text). Written atomically; returns its path.
+    """Write ``out_dir/report.md``: header (study, date, runs), the answer (headline tables and conclusions
+    per comparison group, when ``spec.headline`` is set), figures, notes, settings, axes, the full table as
+    an appendix, errors, then any extra ``sections`` (markdown text). Written atomically; returns its path.
 
     ``metric_specs`` maps metric -> "min" | "max" (default "min"); ``metrics`` gives the columns in order
     (default: every numeric metric, sorted); ``best_among_extras`` lets extra runs (non-empty label) be
-    marked best.
+    marked best; ``spec`` gives comparison groups, headline and per-point values (:class:`ReportSpec`).
     """
     out = Path(out_dir)
-    summary = summarise(rows, axes_keys, metric_specs, metrics=metrics, best_among_extras=best_among_extras)
+    spec = replace(spec or ReportSpec(compare_within=()), directions=dict(metric_specs or {}))
+    spec = replace(spec, best_among_extras=best_among_extras)
+    summary = summarise(
+        rows, axes_keys, spec.directions, metrics=metrics, best_among_extras=best_among_extras, spec=spec
+    )
     over = ", ".join(f"`{k}`" for k in summary.seed_keys) or "runs"
     table = format_table(
-        rows, axes_keys, metric_specs, metrics=metrics, best_among_extras=best_among_extras, style="markdown"
+        rows, axes_keys, spec.directions, metrics=metrics, best_among_extras=best_among_extras, spec=spec
     )
+    title_line = "## Appendix: every metric" if spec.headline else "## Results"
     results = [
-        "## Results",
+        title_line,
         "",
         f"Mean ± sample standard deviation (ddof = 1) over {over}; n = runs per row, `(n=k)` where only k "
-        "have a finite value. ↓ lower is better, ↑ higher is better; the best row per column is in **bold**"
-        + ("" if best_among_extras else " (extra/reference rows are not candidates)")
-        + ". Seconds: mean wall time per run.",
+        "have a finite value. ↓ lower is better, ↑ higher is better. **Bold**: significantly the best of its "
+        "comparison group; ≈: the best or not significantly different from it (paired 95% interval, "
+        "Holm-corrected; as in the answer above); no mark: not testable (one seed and no per-point values) "
+        "or never ranked (floors, s.e.s, counts, constant columns"
+        + ("" if best_among_extras else ", extra/reference rows")
+        + "). Seconds: mean wall time per run.",
         "",
         table,
         "",
     ]
-    lines = _header(title, description, rows) + _settings(settings) + _axes(rows, axes_keys) + _notes(notes)
-    lines += results + _errors(rows) + _figures(figures, out)
+    lines = _header(title, description, rows) + answer_section(rows, axes_keys, spec) + _figures(figures, out)
+    lines += _notes(notes) + _settings(settings) + _axes(rows, axes_keys) + results + _errors(rows)
     text = "\n".join(lines) + ("\n" + "\n".join(sections) if sections else "")
     out.mkdir(parents=True, exist_ok=True)
     path = out / filename
@@ -308,23 +322,6 @@ def write_report(
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
-
-
-@dataclass(frozen=True)
-class ReportSpec:
-    """What a run kind shows in a study's report: listed metric columns first (in order), then any other
-    numeric metric the rows hold (sorted), so that no metric silently vanishes from ``report.md``."""
-
-    metrics: tuple[str, ...] = ()  # report columns, in order
-    terminal: tuple[str, ...] = ()  # columns of the plain table printed at the end
-    directions: Mapping[str, str] = field(default_factory=dict)  # metric -> "min" (default) | "max"
-    notes: tuple[str, ...] = ()
-    best_among_extras: bool = False
-
-    def columns(self, rows: Sequence[Mapping[str, Any]], axes_keys: Sequence[str]) -> list[str]:
-        """Listed metrics present in ``rows``, then every other numeric metric of ``rows``."""
-        listed = [m for m in self.metrics if any(m in r for r in rows)]
-        return listed + [m for m in metric_names(rows, axes_keys) if m not in listed]
 
 
 def finish_study(
@@ -352,6 +349,7 @@ def finish_study(
         figures=rel,
         best_among_extras=spec.best_among_extras,
         sections=sections,
+        spec=spec,
     )
     terminal = [m for m in spec.terminal if any(m in r for r in rows)]
     table = format_table(
@@ -361,6 +359,7 @@ def finish_study(
         metrics=terminal,
         style="plain",
         best_among_extras=spec.best_among_extras,
+        spec=spec,
     )
     return (
         f"{table}\n\nresults: {os.path.join(out, 'results.csv')}\nreport:  {os.path.join(out, 'report.md')}"

@@ -3,6 +3,12 @@ samples from the target's natural sampler and from the ancestral one, and sample
 
 Units: NELBO and NLL in nats per dimension; KL(q || p_theta) in nats (per 2D point); sample metrics as in
 :mod:`difflab.metrics.sample2d`. Every figure is computed on held-out data with the sample sizes recorded.
+
+Per-point values (issue 10): :func:`evaluate_run` also returns, beside the samples (so they are saved in the
+run's ``samples.npz``), ``pointwise_<metric>`` arrays whose means are the recorded metrics exactly:
+``pointwise_kl`` = log q(x_i) - log p_theta(x_i) (nats), ``pointwise_nll`` = -log p_theta(x_i) / D and
+``pointwise_nelbo`` = NELBO(x_i) / D. Every arm evaluates the same held-out points with generators seeded
+from ``eval.seed``, so arm - arm differences of these arrays are paired (same points, same t / eps draws).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from torch import nn
 
 from difflab.experiments.common.configs import options_for
 from difflab.experiments.toy2d.build import RunParts
+
+POINTWISE_PREFIX = "pointwise_"
 
 
 class NoGradDenoiser:
@@ -94,9 +102,13 @@ def sample_quality(
     return out
 
 
-def likelihood_metrics(parts: RunParts, den: Any) -> dict[str, float]:
+def likelihood_metrics(
+    parts: RunParts, den: Any, pointwise: dict[str, np.ndarray] | None = None
+) -> dict[str, float]:
     """NELBO (Monte Carlo over t, stratified) and the exact NLL by the PF-ODE, in nats/dim; KL(q || p_theta)
-    in nats per point where the law q is known."""
+    in nats per point where the law q is known. If ``pointwise`` is given, the per-point values behind
+    ``nelbo``, ``nll`` and ``kl`` are stored in it under those names (module docstring)."""
+    points: dict[str, np.ndarray] = {} if pointwise is None else pointwise
     from difflab.likelihood.elbo import continuous_nelbo
     from difflab.likelihood.pf_ode import pf_ode_log_likelihood
 
@@ -113,6 +125,7 @@ def likelihood_metrics(parts: RunParts, den: Any) -> dict[str, float]:
     metrics["nelbo"] = float(total.mean())
     metrics["nelbo_se"] = float(total.std() / math.sqrt(total.numel()))
     metrics["n_nelbo"] = int(total.numel())
+    points["nelbo"] = total.numpy().astype(np.float64)
     if data.law is not None:  # E_q[log q] + NELBO >= KL of the reverse-SDE model (not of the PF-ODE density)
         metrics["kl_elbo"] = float(data.law.log_prob(x_nelbo).mean() + elbo.total.mean())
     if not ev.nll:
@@ -126,12 +139,14 @@ def likelihood_metrics(parts: RunParts, den: Any) -> dict[str, float]:
     metrics["nll_se"] = float(logp.std() / math.sqrt(logp.numel()) / dim)
     metrics["nll_nfe"] = int(res.nfe)
     metrics["n_nll"] = int(logp.numel())
+    points["nll"] = (-logp / dim).numpy().astype(np.float64)
     if data.law is not None:
         log_q = data.law.log_prob(x_nll)
         diff = log_q - logp
         metrics["kl"] = float(diff.mean())
         metrics["kl_se"] = float(diff.std() / math.sqrt(diff.numel()))
         metrics["nll_true"] = float(-log_q.mean() / dim)
+        points["kl"] = diff.numpy().astype(np.float64)
     return metrics
 
 
@@ -155,8 +170,11 @@ def sample_metrics(parts: RunParts, den: Any) -> tuple[dict[str, float], dict[st
 
 
 def evaluate_run(parts: RunParts, denoiser: Any) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """All metrics of one run. Returns (metrics, samples by sampler name)."""
+    """All metrics of one run. Returns (metrics, arrays): samples by sampler name, then the per-point arrays
+    ``pointwise_<metric>`` (module docstring); the recorded metrics are the same with or without them."""
     den = NoGradDenoiser(denoiser)
-    metrics = likelihood_metrics(parts, den)
+    pointwise: dict[str, np.ndarray] = {}
+    metrics = likelihood_metrics(parts, den, pointwise)
     sampled, samples = sample_metrics(parts, den)
-    return {**metrics, **sampled}, samples
+    arrays = {**samples, **{f"{POINTWISE_PREFIX}{k}": v for k, v in pointwise.items()}}
+    return {**metrics, **sampled}, arrays

@@ -1,0 +1,153 @@
+"""The report answers the question first (issue 10 item 4): headline tables and conclusions per comparison
+group from paired comparisons; floors, oracle rows and constant columns are never bold."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from difflab.experiments.study.compare import compare_group, comparison_groups, is_ranked
+from difflab.experiments.study.headline import answer_section
+from difflab.experiments.study.report import ReportSpec, write_report
+
+AXES = ["data.name", "objective.target", "train.seed"]
+HEADLINE = ("kl", "nll", "kde_kl")
+
+
+def _seed_rows() -> list[dict]:
+    """3 seeds: eps kl 0.10/0.12/0.11, x0 kl +0.5 on each seed; the floor column is lower for eps on every
+    seed (it would be a significant "best" if it were ranked); nll_true is constant; the oracle is best."""
+    rows = []
+    for target, shift, floor in (("eps", 0.0, 0.70), ("x0", 0.5, 0.75)):
+        for seed, kl in enumerate((0.10, 0.12, 0.11)):
+            rows.append(
+                {
+                    "run_id": f"m__{target}__s{seed}",
+                    "label": "",
+                    "data.name": "m",
+                    "objective.target": target,
+                    "train.seed": seed,
+                    "status": "finished",
+                    "kl": kl + shift,
+                    "nll": 1.0 + (kl + shift) / 2,
+                    "nll_true": 0.95,
+                    "kde_kl": 0.9 + shift / 10 + 0.001 * seed,
+                    "kde_kl_floor": floor + 0.001 * seed,
+                }
+            )
+    rows.append(
+        {
+            "run_id": "oracle__m",
+            "label": "oracle",
+            "data.name": "m",
+            "objective.target": "eps",
+            "train.seed": None,
+            "status": "finished",
+            "kl": 0.001,
+            "nll": 0.95,
+            "nll_true": 0.95,
+            "kde_kl": 0.8,
+            "kde_kl_floor": 0.7,
+        }
+    )
+    return rows
+
+
+def _bold_cells(table_line: str) -> list[int]:
+    cells = [c.strip() for c in table_line.strip("|").split("|")]
+    return [i for i, c in enumerate(cells) if c.startswith("**")]
+
+
+def test_report_never_bolds_floor_oracle_or_constant(tmp_path):
+    rows = _seed_rows()
+    spec = ReportSpec(headline=HEADLINE, compare_within=("data.name",))
+    path = write_report(rows, AXES, tmp_path, metrics=["kl", "nll", "nll_true", "kde_kl_floor"], spec=spec)
+    text = path.read_text()
+    appendix = text[text.index("## Appendix") :]
+    lines = [ln for ln in appendix.splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    col = {name.split(" ")[0]: i for i, name in enumerate(header)}
+    cells = {ln: [c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]}
+    body = {c[col["objective.target"]] + c[col["label"]]: ln for ln, c in cells.items()}
+    # eps is significantly best in kl and nll (x0 worse by 0.5 on every seed): bold there, nowhere else
+    assert _bold_cells(body["eps"]) == [col["kl"], col["nll"]]
+    assert _bold_cells(body["x0"]) == [] and _bold_cells(body["epsoracle"]) == []  # the oracle's kl 0.001
+    assert "0.95 ≈" not in text and "**0.95" not in text  # nll_true: constant
+    # test of the test: the floor column *would* be a significant best under another name
+    renamed = [{**r, "kde_klx": r["kde_kl_floor"]} for r in rows]
+    group = comparison_groups(renamed, AXES, spec)[0]
+    comp = compare_group(group, "kde_klx", spec, ["train.seed"])
+    assert comp is not None and comp.significant and comp.best == "eps"
+    assert compare_group(group, "kde_kl_floor", spec, ["train.seed"]) is None
+    assert not is_ranked("nll_true", spec, rows) and is_ranked("kl", spec, rows)
+    # the headline: eps bold in kl, the oracle and the floor as reference rows, never bold
+    answer = text[text.index("## Answer") : text.index("## Appendix")]
+    oracle_line = next(ln for ln in answer.splitlines() if ln.startswith("| oracle (reference)"))
+    floor_line = next(ln for ln in answer.splitlines() if ln.startswith("| floor"))
+    assert "**" not in oracle_line and "**" not in floor_line
+    assert "| `eps` | **0.11 ± 0.025**" in answer  # t_{2,0.975} 4.303 x 0.01 / sqrt(3)
+    assert "paired by training seed over 3 seeds, so the intervals cover seed variance" in answer
+    assert (
+        "**kl**: `eps` (0.11) is best, significantly better than every other arm; worse: `x0` by 0.5"
+        in answer
+    )
+
+
+def _point_rows(tmp_path) -> tuple[list[dict], dict]:
+    """One seed; per-point KL values on 500 shared points: eps, v and score equal in truth (their values
+    differ by evaluation noise 0.05 per point only), x0 worse by 0.74; point spread 1, shared by every arm."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.0, 1.0, size=500) + 0.02
+    shifts = {"eps": 0.0, "v": 0.0, "score": 0.0, "x0": 0.74}
+    rows, pointwise = [], {}
+    for target, shift in shifts.items():
+        kl = base + shift + 0.05 * rng.normal(size=500)
+        rid = f"m__{target}__s0"
+        pointwise[rid] = {"kl": kl}
+        verdict = "still improving" if target == "x0" else "converged"
+        rows.append(
+            {
+                "run_id": rid,
+                "data.name": "m",
+                "objective.target": target,
+                "train.seed": 0,
+                "status": "finished",
+                "kl": float(kl.mean()),
+                "kl_se": float(kl.std(ddof=1) / np.sqrt(500)),
+                "verdict": verdict,
+            }
+        )
+    return rows, pointwise
+
+
+def test_conclusions_state_ties_and_differences(tmp_path):
+    rows, pointwise = _point_rows(tmp_path)
+    spec = ReportSpec(headline=("kl",), se_of={"kl": "kl_se"}, units={"kl": "nats"}, pointwise=pointwise)
+    text = "\n".join(answer_section(rows, AXES, spec))
+    assert (
+        "on 500 shared held-out points" in text
+        and "evaluation noise only, not training-seed variance" in text
+    )
+    line = next(ln for ln in text.splitlines() if ln.startswith("- **kl**"))
+    best = re.search(r"the best, `(\w+)`", line).group(1)
+    means = {r["objective.target"]: r["kl"] for r in rows}
+    assert best == min(means, key=means.get) and best != "x0"
+    tied = line.split("; worse")[0]
+    assert all(f"`{t}`" in tied for t in ("eps", "v", "score")) and "`x0`" not in tied
+    # x0 - best = 0.74 on average; paired s.e. sqrt(2) 0.05 / sqrt(500) = 0.0032, so ± 1.96 x 0.0032
+    worse = re.search(r"worse: `x0` by ([0-9.]+) ± ([0-9.]+) nats", line)
+    assert worse is not None
+    assert float(worse.group(1)) == pytest.approx(0.74, abs=0.01)
+    assert float(worse.group(2)) == pytest.approx(1.96 * np.sqrt(2) * 0.05 / np.sqrt(500), rel=0.15)
+    assert "Not converged ('still improving'): `x0`" in text
+    # the headline cells: tied arms marked ≈, x0 not, nothing bold; ± is 1.96 kl_se (the arm's own s.e.)
+    assert "**" not in text.split("### m")[1].split("Conclusions")[0]
+    eps_line = next(ln for ln in text.splitlines() if ln.startswith("| `eps`"))
+    assert eps_line.count("≈") == 1 and "≈" not in next(
+        ln for ln in text.splitlines() if ln.startswith("| `x0`")
+    )
+    # without the per-point values one seed cannot be tested: no marks, and the report says so
+    bare = "\n".join(answer_section(rows, AXES, ReportSpec(headline=("kl",))))
+    assert "≈" not in bare.split("### m")[1].split("Conclusions")[0] and "No metric could be tested" in bare
