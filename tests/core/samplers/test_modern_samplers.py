@@ -3,7 +3,7 @@
 Convergence order on Gaussian data against the exact PF-ODE flow (error ratio per doubling of steps ~ 1/4 for
 second order), exact equivalences with hand-written reference algorithms, the flow-matching sampler check, and
 tests of the tests (a DPM-Solver++ without its multistep correction is first order and fails the 1/4 band).
-Mixture recovery of every sampler is in tests/core/samplers/test_samplers.py (MIXTURE_CASES covers the whole table).
+Mixture recovery of every sampler is in test_samplers.py (MIXTURE_CASES covers the whole table).
 """
 
 from __future__ import annotations
