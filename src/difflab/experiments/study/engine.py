@@ -216,16 +216,19 @@ def run_study(
         bar = progress and (study.name, len(mine), len(skipped))
         records = execute(pending, run_fn, runs_dir, options, bar)
     rows = write_tables(study, specs, out)
-    return _summarise(rows, out, study, records, skipped)
+    return _summarise(rows, out, study, records, skipped, gather)
 
 
-def _summarise(rows, out: Path, study: Study, records: Mapping[str, dict], skipped) -> StudyResult:
+def _summarise(rows, out: Path, study: Study, records: Mapping[str, dict], skipped, gather) -> StudyResult:
+    """Which runs ran, failed (attempted now, or any when gathering), are held elsewhere, or are missing."""
     ran = [r for r, rec in records.items() if rec.get("status") != CLAIMED]
     busy = {r: str(rec.get("owner")) for r, rec in records.items() if rec.get("status") == CLAIMED}
     failed = {
         row["run_id"]: read_record(out / "runs" / row["run_id"]) or {}
         for row in rows
-        if row["run_id"] in records and row["status"] not in DONE_STATUSES and row["run_id"] not in busy
+        if (gather or row["run_id"] in records)
+        and row["status"] not in DONE_STATUSES | {"pending"}
+        and row["run_id"] not in busy
     }
     missing = [row["run_id"] for row in rows if row["status"] == "pending" and row["run_id"] not in busy]
     return StudyResult(rows, os.fspath(out), study.axes_keys, ran, list(skipped), failed, busy, missing)
