@@ -60,7 +60,7 @@ from difflab.experiments.study.results import (
     result_columns,
 )
 from difflab.experiments.study.spec import RunSpec, Study, expand
-from difflab.experiments.study.worker import CLAIMED, execute_run
+from difflab.experiments.study.worker import CLAIMED, execute_run, set_threads
 
 RunFn = Callable[[dict, str], Mapping[str, Any]]
 ValidateFn = Callable[[dict], Any]
@@ -303,6 +303,7 @@ def execute(
     try:
         with _sigterm_interrupts():
             if options.executor == "local" and min(options.workers or cores, len(pending)) == 1:
+                set_threads(options.threads)
                 for spec in pending:
                     on_done(spec, execute_run(run_fn, spec, str(runs_dir)))
             else:
