@@ -195,10 +195,7 @@ def run_study(
     _validate_all(specs, validate_fn)
     out = Path(out_dir)
     if dry_run:
-        chosen = shard_of(specs, *shard) if shard else specs
-        _print_plan(study, chosen)
-        rows = [{"run_id": s.run_id, **s.axes, "status": "planned"} for s in chosen]
-        return StudyResult(rows, os.fspath(out), study.axes_keys, [], [])
+        return _dry_run(study, shard_of(specs, *shard) if shard else specs, out)
     options = copy.copy(executor) if executor is not None else ExecutorOptions()
     options.workers = workers if workers is not None else options.workers
     if options.workers is not None and options.workers < 1:
@@ -211,12 +208,16 @@ def run_study(
     pending, skipped = plan_pending(mine, runs_dir)
     _check_output_dir(out, create=True)
     write_json_atomic(out / "study.json", identity)
-    records: dict[str, dict[str, Any]] = {}
-    if not gather:
-        bar = progress and (study.name, len(mine), len(skipped))
-        records = execute(pending, run_fn, runs_dir, options, bar)
+    bar = progress and (study.name, len(mine), len(skipped))
+    records = {} if gather else execute(pending, run_fn, runs_dir, options, bar)
     rows = write_tables(study, specs, out)
     return _summarise(rows, out, study, records, skipped, gather)
+
+
+def _dry_run(study: Study, chosen: Sequence[RunSpec], out: Path) -> StudyResult:
+    _print_plan(study, chosen)
+    rows = [{"run_id": s.run_id, **s.axes, "status": "planned"} for s in chosen]
+    return StudyResult(rows, os.fspath(out), study.axes_keys, [], [])
 
 
 def _summarise(rows, out: Path, study: Study, records: Mapping[str, dict], skipped, gather) -> StudyResult:

@@ -153,7 +153,8 @@ def make_backend(options: ExecutorOptions, n_pending: int, cores: int) -> Backen
         from difflab.experiments.study.slurm import slurm_backend
     except ImportError:
         raise missing_extra("slurm", "submitit") from None
-    return slurm_backend(options.slurm, n_pending, options.threads)
+    executor, runs_per_task, run_threads = slurm_backend(options.slurm, n_pending, options.threads)
+    return Backend(executor, runs_per_task, run_threads, executor.cancel_all, lambda: None)
 
 
 def packs_of(specs: Sequence[RunSpec], size: int) -> list[list[RunSpec]]:

@@ -24,7 +24,6 @@ from typing import Any
 
 import submitit
 
-from difflab.experiments.study.executors import Backend
 from difflab.experiments.study.plan import StudyError
 from difflab.experiments.study.worker import execute_pack
 
@@ -92,8 +91,10 @@ class SubmititExecutor(cf.Executor):
                 job.cancel(check=False)
 
 
-def slurm_backend(options: dict[str, Any], n_pending: int, threads: int | None) -> Backend:
-    """The submitit executor for ``options`` (keys of :data:`SLURM_OPTIONS`)."""
+def slurm_backend(
+    options: dict[str, Any], n_pending: int, threads: int | None
+) -> tuple[SubmititExecutor, int, int | None]:
+    """(executor, runs per array task, threads per run) for ``options`` (keys of :data:`SLURM_OPTIONS`)."""
     unknown = sorted(set(options) - set(SLURM_OPTIONS))
     if unknown:
         raise StudyError(f"unknown Slurm option {unknown[0]!r}; valid: {', '.join(SLURM_OPTIONS)}")
@@ -123,4 +124,4 @@ def slurm_backend(options: dict[str, Any], n_pending: int, threads: int | None) 
     executor.update_parameters(**params)
     wrapped = SubmititExecutor(executor)
     run_threads = threads or (int(options["cpus"]) if options.get("cpus") else None)
-    return Backend(wrapped, runs_per_task, run_threads, wrapped.cancel_all, lambda: None)
+    return wrapped, runs_per_task, run_threads
