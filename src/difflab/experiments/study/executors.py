@@ -92,7 +92,7 @@ def local_backend(workers: int, threads: int) -> Backend:
     return Backend(executor, 1, None, abort, lambda: executor.shutdown(wait=True))
 
 
-def dask_backend(scheduler: str | None, workers: int, threads: int | None) -> Backend:
+def dask_backend(scheduler: str | None, workers: int, threads: int) -> Backend:
     try:
         from distributed import Client, LocalCluster
     except ImportError:
@@ -114,7 +114,7 @@ def dask_backend(scheduler: str | None, workers: int, threads: int | None) -> Ba
         if cluster is not None:
             cluster.close()
 
-    return Backend(client.get_executor(), 1, threads or (None if scheduler else 1), close, close)
+    return Backend(client.get_executor(), 1, threads, close, close)
 
 
 def preflight(options: ExecutorOptions) -> None:
@@ -148,7 +148,9 @@ def make_backend(options: ExecutorOptions, n_pending: int, cores: int) -> Backen
     if options.executor == "local":
         return local_backend(workers, threads)
     if options.executor == "dask":
-        return dask_backend(options.scheduler, workers, options.threads or threads)
+        # a remote worker runs one task per thread by default: one intra-op thread per run unless told
+        remote = 1 if options.scheduler else threads
+        return dask_backend(options.scheduler, workers, options.threads or remote)
     try:
         from difflab.experiments.study.slurm import slurm_backend
     except ImportError:
