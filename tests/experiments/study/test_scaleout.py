@@ -97,9 +97,11 @@ def test_claim_is_exclusive_and_stale_claims_are_taken_over(tmp_path, monkeypatc
     # The same Slurm array task, requeued after preemption (another pid, another node): its own claim.
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
-    (run_dir / "claim.json").write_text(json.dumps({**other, "job": "77_3"}))
-    assert claims.try_claim(run_dir) is not None
-    (run_dir / "claim.json").write_text(json.dumps({**other, "job": "77_4"}))
+    (run_dir / "claim.json").write_text(json.dumps({**other, "job": "77_3", "restart": 0}))
+    assert claims.try_claim(run_dir) is None  # a live sibling worker of this same task (no requeue yet)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert claims.try_claim(run_dir) is not None  # requeued: the claim of the first incarnation is ours
+    (run_dir / "claim.json").write_text(json.dumps({**other, "job": "77_4", "restart": 0}))
     assert claims.try_claim(run_dir) is None  # another task of the array, alive
 
 

@@ -6,10 +6,11 @@ owner's ``host``, ``pid``, ``start`` time and, under Slurm, its ``job`` (array j
 run lasts a daemon thread refreshes the file's mtime every ``HEARTBEAT_S`` seconds (the heartbeat).
 
 A claim is *stale*, and may be taken over, when its heartbeat is older than :func:`stale_after` seconds, or
-its owner is on this host and its pid is gone, or its owner is this same Slurm task (requeued after
-preemption). A takeover is serialised by a second O_EXCL file, ``claim.json.takeover``, so that two workers
-finding the same stale claim cannot both win. The run then resumes from its own checkpoint (the run
-function's contract). A run directory name is a run id, a safe file name (see ``spec.safe_run_id``).
+its owner is on this host and its pid is gone, or its owner is this same Slurm task before a requeue (a
+smaller ``$SLURM_RESTART_COUNT``). A takeover is serialised by a second O_EXCL file,
+``claim.json.takeover``, so that two workers finding the same stale claim cannot both win. The run then
+resumes from its own checkpoint (the run function's contract). A run directory name is a run id, a safe file
+name (see ``spec.safe_run_id``).
 """
 
 from __future__ import annotations
@@ -47,9 +48,22 @@ def slurm_task() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
+def _restarts() -> int:
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
+
+
 def owner_record() -> dict[str, Any]:
-    """Who is claiming: host, pid, start time (UTC seconds) and the Slurm task if any."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "start": time.time(), "job": slurm_task()}
+    """Who is claiming: host, pid, start time (UTC seconds), the Slurm task and its requeue count."""
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "start": time.time(),
+        "job": slurm_task(),
+        "restart": _restarts(),
+    }
 
 
 def _pid_alive(pid: int) -> bool:
@@ -83,8 +97,8 @@ def is_stale(claim: dict[str, Any], now: float | None = None) -> bool:
     if now - float(claim.get("heartbeat", 0.0)) > stale_after():
         return True
     me = owner_record()
-    if claim.get("job") and claim.get("job") == me["job"] and claim.get("pid") != me["pid"]:
-        return True  # the same array task, requeued: its previous incarnation is gone
+    if claim.get("job") and claim.get("job") == me["job"] and int(claim.get("restart") or 0) < me["restart"]:
+        return True  # this Slurm task, requeued ($SLURM_RESTART_COUNT grew): its earlier run is gone
     if claim.get("host") == me["host"]:
         pid = claim.get("pid")
         return isinstance(pid, int) and pid != me["pid"] and not _pid_alive(pid)
