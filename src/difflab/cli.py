@@ -14,9 +14,11 @@ import argparse
 import functools
 import json
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 BUILTIN_STUDIES = Path(__file__).parent / "studies"
 
@@ -61,12 +63,62 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard(text: str | None) -> tuple[int, int] | None:
+    from difflab.experiments.study.plan import StudyError
+
+    if text is None:
+        return None
+    index, sep, count = text.partition("/")
+    if not (sep and index.strip().isdigit() and count.strip().isdigit()):
+        raise StudyError(f"--shard {text!r}: expected I/N with 0 <= I < N, e.g. --shard 0/4")
+    return int(index), int(count)
+
+
+def _executor_options(args: argparse.Namespace, out: str):
+    from difflab.experiments.study.executors import ExecutorOptions
+    from difflab.experiments.study.plan import StudyError
+
+    if args.scheduler and args.executor != "dask":
+        raise StudyError("--scheduler is for --executor dask")
+    slurm = {k: getattr(args, k) for k in SLURM_FLAGS if getattr(args, k) is not None}
+    if slurm and args.executor != "slurm":
+        raise StudyError(f"--{next(iter(slurm)).replace('_', '-')} is for --executor slurm")
+    slurm.setdefault("folder", os.path.join(out, "slurm"))
+    return ExecutorOptions(args.executor, args.workers, args.threads, args.scheduler, slurm)
+
+
+def _study_outcome(result, out: str, command: str) -> int:
+    """Print what failed, what other workers hold and what is missing; 1 if any run failed, else 0."""
+    for run_id, record in result.failed.items():
+        reason = record.get("error") or f"status {record.get('status', 'unknown')!r}"
+        print(f"difflab: run {run_id} failed: {reason}", file=sys.stderr)
+        if int(record.get("repeats", 1)) > 1:
+            print(
+                f"  it failed the same way on {record['repeats']} attempts, so rerunning will not help: fix"
+                f" its config (traceback in {os.path.join(out, 'runs', run_id, 'result.json')}) or drop the"
+                " run from the study",
+                file=sys.stderr,
+            )
+    for run_id, owner in result.busy.items():
+        print(f"difflab: run {run_id} is being run by {owner}; its result appears when it ends")
+    if result.missing:
+        shown = ", ".join(result.missing[:10]) + (", …" if len(result.missing) > 10 else "")
+        print(f"difflab: {len(result.missing)} runs have no result yet: {shown}")
+    if result.busy or result.missing:
+        print(f"difflab: when they end, `{command} --gather` writes the complete tables and report")
+    if result.failed:
+        total = len(result.rows)
+        print(f"difflab: {len(result.failed)} of {total} runs failed (see above)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_study(args: argparse.Namespace) -> int:
     from difflab.experiments.common.rundir import check_writable
     from difflab.experiments.kind import get_kind, run_by_kind, validate_by_kind
     from difflab.experiments.study.engine import run_study
     from difflab.experiments.study.report import finish_study
-    from difflab.experiments.study.spec import apply_overrides, list_builtin_studies, load_study
+    from difflab.experiments.study.spec import apply_overrides, list_builtin_studies, load_study, safe_run_id
 
     if args.list:
         for name, description in list_builtin_studies(BUILTIN_STUDIES):
@@ -74,7 +126,8 @@ def cmd_study(args: argparse.Namespace) -> int:
         return 0
     study = apply_overrides(load_study(args.study or "default", BUILTIN_STUDIES), args.set)
     kind = get_kind(study.kind)
-    out = args.out or os.path.join("runs", study.name)
+    out = args.out or os.path.join("runs", safe_run_id(study.name))
+    options = _executor_options(args, out)
     if not args.dry_run:
         check_writable(out)
     result = run_study(
@@ -82,19 +135,54 @@ def cmd_study(args: argparse.Namespace) -> int:
         run_fn=functools.partial(run_by_kind, study.kind),
         validate_fn=functools.partial(validate_by_kind, study.kind),
         out_dir=out,
-        workers=args.workers,
         dry_run=args.dry_run,
         progress=True,
+        executor=options,
+        shard=_shard(args.shard),
+        gather=args.gather,
     )
-    if not args.dry_run:
-        rows, axes = result.rows, study.axes_keys
-        spec = kind.report(rows, out)
-        print(
-            finish_study(
-                study, rows, out, spec, kind.figures(rows, axes, out), kind.report_sections(rows, axes, out)
-            )
-        )
-    return 0
+    if args.dry_run:
+        return 0
+    rows, axes = result.rows, study.axes_keys
+    spec = kind.report(rows, out)
+    figures, sections = kind.figures(rows, axes, out), kind.report_sections(rows, axes, out)
+    print(finish_study(study, rows, out, spec, figures, sections))
+    sets = "".join(f" --set {shlex.quote(item)}" for item in args.set)
+    command = f"difflab study {shlex.quote(args.study or 'default')}{sets} --out {shlex.quote(out)}"
+    return _study_outcome(result, out, command)
+
+
+SLURM_FLAGS = {
+    "cluster": (str, "submitit cluster: slurm, or local / debug to try without Slurm"),
+    "partition": (str, "Slurm partition"),
+    "time_min": (int, "time limit of one array task (minutes)"),
+    "gpus": (int, "GPUs per array task"),
+    "cpus": (int, "CPUs per array task (also each run's threads)"),
+    "mem_gb": (float, "memory per array task (GB)"),
+    "max_parallel": (int, "array tasks running at once (default 64)"),
+    "runs_per_task": (int, "runs packed into one array task (default: ceil(runs / 1000))"),
+}
+
+
+def _add_study_parser(sub: Any, fmt: Any) -> None:
+    p = sub.add_parser(
+        "study", help="run a factorial study (built-in name or TOML file)", formatter_class=fmt
+    )
+    p.add_argument("study", nargs="?", help="built-in study name or TOML file (default: the default study)")
+    p.add_argument("--list", action="store_true", help="list the built-in studies")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key or axis")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    p.add_argument("--out", help="output directory (default runs/<study name>)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
+    p.add_argument("--threads", type=int, default=None, help="threads per run (default: cores / workers)")
+    p.add_argument("--shard", metavar="I/N", help="run only the I-th of N disjoint slices of the runs")
+    p.add_argument("--gather", action="store_true", help="run nothing: write tables and report, list missing")
+    p.add_argument("--executor", choices=("local", "dask", "slurm"), default="local", help="where runs run")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler (default: start a LocalCluster)")
+    g = p.add_argument_group("Slurm (--executor slurm, through submitit)")
+    for name, (typ, text) in SLURM_FLAGS.items():
+        g.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None, help=text)
+    p.set_defaults(func=cmd_study)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,16 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser(
-        "study", help="run a factorial study (built-in name or TOML file)", formatter_class=fmt
-    )
-    p.add_argument("study", nargs="?", help="built-in study name or TOML file (default: the default study)")
-    p.add_argument("--list", action="store_true", help="list the built-in studies")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key or axis")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
-    p.add_argument("--out", help="output directory (default runs/<study name>)")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
-    p.set_defaults(func=cmd_study)
+    _add_study_parser(sub, fmt)
     return parser
 
 

@@ -25,23 +25,32 @@ Extras inherit [fixed] but not the main [axes]. Output layout::
     out_dir/results.csv, results.json   written by :func:`run_study`
     out_dir/report.md                   written once, by :func:`difflab.experiments.study.report.finish_study`
 
+    out_dir/study.json                  the study's identity: name, kind, run id -> config hash
+    out_dir/runs/<run_id>/claim.json    while a worker runs it (see :mod:`.claims`); run.log: attempts
+
 A rerun skips runs whose result.json says "finished" or "diverged" (resume after Ctrl-C) and refuses to
-mix in results made from a different config under the same run id.
+mix in results made from a different config under the same run id, or a different study's directory.
+
+Past one machine (the output directory on a filesystem every worker shares): each run is claimed before it
+runs, so any number of ``run_study`` calls on one ``out_dir`` (``--shard I/N`` slices, two commands at once,
+Dask or Slurm workers) run every run once; each call writes the tables from every result.json when it ends
+(atomically, so the last to finish leaves the complete table), and ``gather=True`` only writes them.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import contextlib
 import copy
-import multiprocessing as mp
+import hashlib
 import os
-import time
-import traceback
-from collections.abc import Callable, Mapping, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from difflab.experiments.common.rundir import write_csv_atomic, write_json_atomic
+from difflab.experiments.common.rundir import read_json, write_csv_atomic, write_json_atomic
+from difflab.experiments.study.executors import ExecutorOptions, make_backend, preflight, run_packs
 from difflab.experiments.study.plan import StudyError
 from difflab.experiments.study.results import (
     DONE_STATUSES,
@@ -51,6 +60,7 @@ from difflab.experiments.study.results import (
     result_columns,
 )
 from difflab.experiments.study.spec import RunSpec, Study, expand
+from difflab.experiments.study.worker import CLAIMED, execute_run, set_threads
 
 RunFn = Callable[[dict, str], Mapping[str, Any]]
 ValidateFn = Callable[[dict], Any]
@@ -74,70 +84,6 @@ def _check_output_dir(out_dir: Path, create: bool) -> None:
         test.unlink()
     except OSError as err:
         raise StudyError(f"cannot write the output directory {out_dir}: {err}") from None
-
-
-# --------------------------------------------------------------------------------------- execution
-
-_STOP_EVENT: Any = None  # set in worker processes by _init_worker
-
-
-def _init_worker(threads: int, stop_event: Any) -> None:
-    """Worker initializer: limit intra-op threads so workers × threads ≈ cores; remember the stop flag."""
-    global _STOP_EVENT
-    _STOP_EVENT = stop_event
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return
-    torch.set_num_threads(threads)
-
-
-def _make_record(spec: RunSpec, out: Any, seconds: float) -> dict[str, Any]:
-    if not isinstance(out, Mapping):
-        raise TypeError(f"run_fn returned {type(out).__name__}, expected a dict of metrics with a 'status'")
-    metrics = {k: v for k, v in out.items() if k not in ("status", "seconds", "steps")}
-    return {
-        "run_id": spec.run_id,
-        "label": spec.label,
-        "axes": spec.axes,
-        "config_hash": spec.config_hash,
-        "status": str(out.get("status", "finished")),
-        "metrics": metrics,
-        "seconds": out.get("seconds", round(seconds, 3)),
-        "steps": out.get("steps"),
-    }
-
-
-def _execute(run_fn: RunFn, spec: RunSpec, run_dir: str) -> dict[str, Any] | None:
-    """Run one spec and write its result.json; exceptions become status "error". None if cancelled."""
-    if _STOP_EVENT is not None and _STOP_EVENT.is_set():
-        return None
-    start = time.perf_counter()
-    try:
-        out = run_fn(copy.deepcopy(spec.config), run_dir)
-        record = _make_record(spec, out, time.perf_counter() - start)
-        write_json_atomic(os.path.join(run_dir, "result.json"), record)
-    except Exception as err:
-        record = _error_record(spec, err, time.perf_counter() - start)
-        write_json_atomic(os.path.join(run_dir, "result.json"), record)
-    return record
-
-
-def _error_record(spec: RunSpec, err: BaseException, seconds: float) -> dict[str, Any]:
-    return {
-        "run_id": spec.run_id,
-        "label": spec.label,
-        "axes": spec.axes,
-        "config_hash": spec.config_hash,
-        "status": "error",
-        "error": f"{type(err).__name__}: {err}",
-        "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__)),
-        "metrics": {},
-        "seconds": round(seconds, 3),
-        "steps": None,
-    }
 
 
 def available_cores() -> int:
@@ -168,56 +114,43 @@ def _print_plan(study: Study, specs: Sequence[RunSpec]) -> None:
         print(f"  {spec.run_id:<{width}}  {values}")
 
 
-OnDone = Callable[[RunSpec, "dict[str, Any] | None"], None]
+def shard_of(specs: Sequence[RunSpec], index: int, count: int) -> list[RunSpec]:
+    """The ``index``-th of ``count`` disjoint, covering slices of ``specs`` (in expansion order).
+
+    Runs are ranked by the SHA-256 of their run id and dealt out round-robin, so the assignment depends on
+    the run ids alone (not on the order of the study file or on what is already done) and slices differ in
+    size by at most one."""
+    if count < 1 or not 0 <= index < count:
+        raise StudyError(f"--shard I/N needs 0 <= I < N, got {index}/{count}")
+    ranked = sorted(specs, key=lambda s: hashlib.sha256(s.run_id.encode()).hexdigest())
+    chosen = {s.run_id for s in ranked[index::count]}
+    return [s for s in specs if s.run_id in chosen]
 
 
-def _run_serial(pending: Sequence[RunSpec], run_fn: RunFn, runs_dir: Path, on_done: OnDone) -> None:
-    for spec in pending:
-        run_dir = runs_dir / spec.run_id
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / "config.json", spec.config)
-        on_done(spec, _execute(run_fn, spec, str(run_dir)))
+def check_identity(study: Study, specs: Sequence[RunSpec], out: Path) -> dict[str, Any]:
+    """The ``study.json`` of this study, after refusing an ``out`` that holds a different study.
 
-
-def _run_parallel(
-    pending: Sequence[RunSpec], run_fn: RunFn, runs_dir: Path, workers: int, threads: int, on_done: OnDone
-) -> None:
-    ctx = mp.get_context("spawn")
-    stop = ctx.Event()
-    executor = cf.ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, stop)
-    )
-    futures: dict[cf.Future, RunSpec] = {}
-    try:
-        for spec in pending:
-            run_dir = runs_dir / spec.run_id
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(run_dir / "config.json", spec.config)
-            futures[executor.submit(_execute, run_fn, spec, str(run_dir))] = spec
-        for future in cf.as_completed(futures):
-            spec = futures[future]
-            try:
-                record = future.result()
-            except KeyboardInterrupt:
-                raise
-            except BaseException as err:  # the pool broke or the call could not be pickled
-                record = _error_record(spec, err, 0.0)
-                write_json_atomic(runs_dir / spec.run_id / "result.json", record)
-            on_done(spec, record)
-    except BaseException:
-        # Ctrl-C (or an engine failure): stop queued runs, end the workers; finished runs keep result.json.
-        stop.set()
-        for future in futures:
-            future.cancel()
-        processes = list(getattr(executor, "_processes", {}).values())
-        executor.shutdown(wait=False, cancel_futures=True)
-        for proc in processes:
-            if proc.is_alive():
-                proc.terminate()
-        for proc in processes:
-            proc.join(timeout=5)
-        raise
-    executor.shutdown(wait=True)
+    Different: another name or kind, a shared run id made with another config, or no run id in common."""
+    mine = {"study": study.name, "kind": study.kind, "runs": {s.run_id: s.config_hash for s in specs}}
+    theirs = read_json(out / "study.json")
+    if not isinstance(theirs, dict):
+        legacy = read_json(out / "results.json")  # written before study.json existed
+        if not isinstance(legacy, dict) or "study" not in legacy:
+            return mine
+        theirs = {"study": legacy["study"], "kind": study.kind, "runs": None}
+    where = f"{out} holds the results of study {theirs.get('study')!r}"
+    fix = "give another --out, or delete that directory"
+    if theirs.get("study") != study.name or theirs.get("kind", study.kind) != study.kind:
+        raise StudyError(f"{where} (kind {theirs.get('kind')!r}), not of {study.name!r}; {fix}")
+    runs = theirs.get("runs")
+    if isinstance(runs, dict):
+        changed = sorted(r for r in set(runs) & set(mine["runs"]) if runs[r] != mine["runs"][r])
+        if changed:
+            raise StudyError(f"{where} with run {changed[0]!r} made from a different config; {fix}")
+        if runs and not set(runs) & set(mine["runs"]):
+            raise StudyError(f"{where}, which has none of this study's runs; {fix}")
+        mine["runs"] = {**runs, **mine["runs"]}
+    return mine
 
 
 def run_study(
@@ -230,42 +163,76 @@ def run_study(
     dry_run: bool = False,
     progress: bool = True,
     label_key: str | None = "label",
+    executor: ExecutorOptions | None = None,
+    shard: tuple[int, int] | None = None,
+    gather: bool = False,
 ) -> StudyResult:
-    """Validate every run, then run the ones not yet done, in parallel, and write the results tables.
+    """Validate every run, then run the ones not yet done (claiming each), and write the results tables.
 
     Args:
         study: the study (after :func:`apply_overrides`).
         run_fn: ``run_fn(config, run_dir) -> dict`` with a "status" ("finished", "diverged", ...), metrics
-            and optionally "seconds" and "steps". Must be a picklable top-level function when workers > 1.
+            and optionally "seconds" and "steps"; resumes from its checkpoint in ``run_dir`` if there is one.
+            Must be a picklable top-level function for any executor but one local worker.
         validate_fn: called on every run's config before anything runs or is written; its exception
             propagates (same type, message prefixed with the run id).
         out_dir: output directory (created; must be writable, else StudyError).
-        workers: worker processes ("spawn"); default one per available core; 1 runs in this process.
-            Each worker uses ``max(1, cores // workers)`` torch threads.
+        workers: local worker processes ("spawn", default one per core; 1 runs in this process); the same as
+            ``executor.workers``. Each uses ``max(1, cores // workers)`` torch threads.
         dry_run: print the run list and return it (status "planned"); nothing is written.
         progress: show a tqdm bar over runs.
         label_key: config key set to the run id (None: leave the config alone).
+        executor: where runs execute (:class:`ExecutorOptions`; default: local processes).
+        shard: ``(I, N)``: run only the I-th of N slices (:func:`shard_of`); tables still cover every run.
+        gather: run nothing; write the tables from what is finished.
 
     Returns:
-        StudyResult with one row per run. On Ctrl-C, queued runs are cancelled, the workers stopped and
+        StudyResult: one row per run, and which runs ran, were skipped, failed, are held by other workers or
+        are still missing. On Ctrl-C or SIGTERM, queued runs are cancelled, the workers stopped and
         KeyboardInterrupt re-raised; finished runs keep their result.json and are skipped on the next call.
     """
     specs = expand(study, label_key=label_key)
     _validate_all(specs, validate_fn)
     out = Path(out_dir)
     if dry_run:
-        _print_plan(study, specs)
-        rows = [{"run_id": s.run_id, **s.axes, "status": "planned"} for s in specs]
-        return StudyResult(rows, os.fspath(out), study.axes_keys, [], [])
-    if workers is not None and workers < 1:
-        raise StudyError(f"workers must be at least 1, got {workers}")
+        return _dry_run(study, shard_of(specs, *shard) if shard else specs, out)
+    options = copy.copy(executor) if executor is not None else ExecutorOptions()
+    options.workers = workers if workers is not None else options.workers
+    if options.workers is not None and options.workers < 1:
+        raise StudyError(f"workers must be at least 1, got {options.workers}")
+    preflight(options)
     _check_output_dir(out, create=False)
     runs_dir = out / "runs"
-    pending, skipped = plan_pending(specs, runs_dir)
+    identity = check_identity(study, specs, out)
+    mine = shard_of(specs, *shard) if shard else specs
+    pending, skipped = plan_pending(mine, runs_dir)
     _check_output_dir(out, create=True)
-    ran = execute(pending, run_fn, runs_dir, workers, progress and (study.name, len(specs), len(skipped)))
+    write_json_atomic(out / "study.json", identity)
+    bar = progress and (study.name, len(mine), len(skipped))
+    records = {} if gather else execute(pending, run_fn, runs_dir, options, bar)
     rows = write_tables(study, specs, out)
-    return StudyResult(rows, os.fspath(out), study.axes_keys, ran, skipped)
+    return _summarise(rows, out, study, records, skipped, gather)
+
+
+def _dry_run(study: Study, chosen: Sequence[RunSpec], out: Path) -> StudyResult:
+    _print_plan(study, chosen)
+    rows = [{"run_id": s.run_id, **s.axes, "status": "planned"} for s in chosen]
+    return StudyResult(rows, os.fspath(out), study.axes_keys, [], [])
+
+
+def _summarise(rows, out: Path, study: Study, records: Mapping[str, dict], skipped, gather) -> StudyResult:
+    """Which runs ran, failed (attempted now, or any when gathering), are held elsewhere, or are missing."""
+    ran = [r for r, rec in records.items() if rec.get("status") != CLAIMED]
+    busy = {r: str(rec.get("owner")) for r, rec in records.items() if rec.get("status") == CLAIMED}
+    failed = {
+        row["run_id"]: read_record(out / "runs" / row["run_id"]) or {}
+        for row in rows
+        if (gather or row["run_id"] in records)
+        and row["status"] not in DONE_STATUSES | {"pending"}
+        and row["run_id"] not in busy
+    }
+    missing = [row["run_id"] for row in rows if row["status"] == "pending" and row["run_id"] not in busy]
+    return StudyResult(rows, os.fspath(out), study.axes_keys, ran, list(skipped), failed, busy, missing)
 
 
 def plan_pending(specs: Sequence[RunSpec], runs_dir: Path) -> tuple[list[RunSpec], list[str]]:
@@ -285,43 +252,67 @@ def plan_pending(specs: Sequence[RunSpec], runs_dir: Path) -> tuple[list[RunSpec
     return pending, skipped
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM (``kill PID``) raises KeyboardInterrupt, so the study stops cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def execute(
     pending: Sequence[RunSpec],
     run_fn: RunFn,
     runs_dir: Path,
-    workers: int | None,
+    options: ExecutorOptions | int | None = None,
     progress: tuple[str, int, int] | bool = False,
-) -> list[str]:
-    """Run ``pending`` (serially for one worker, else in "spawn" processes); returns the ids that ran.
+) -> dict[str, dict[str, Any]]:
+    """Run ``pending`` (one local worker: in this process) and return run id -> record of each run attempted
+    (status CLAIMED for runs another worker holds). ``options`` may be a local worker count.
 
     ``progress`` is ``(study name, total runs, runs already done)`` for a tqdm bar, or False."""
-    cores = available_cores()
-    n_workers = max(1, min(workers or cores, len(pending) or 1))
+    if not isinstance(options, ExecutorOptions):
+        options = ExecutorOptions(workers=options)
+    records: dict[str, dict[str, Any]] = {}
+    if not pending:
+        return records
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         name, total, done = progress
         bar = tqdm(total=total, initial=done, desc=name, unit="run", dynamic_ncols=True)
-    ran: list[str] = []
 
     def on_done(spec: RunSpec, record: dict[str, Any] | None) -> None:
         if record is None:
             return
-        ran.append(spec.run_id)
+        records[spec.run_id] = record
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(f"{spec.run_id}: {record.get('status')}")
 
+    cores = available_cores()
     try:
-        if n_workers == 1:
-            _run_serial(pending, run_fn, runs_dir, on_done)
-        else:
-            _run_parallel(pending, run_fn, runs_dir, n_workers, max(1, cores // n_workers), on_done)
+        with _sigterm_interrupts():
+            if options.executor == "local" and min(options.workers or cores, len(pending)) == 1:
+                set_threads(options.threads)
+                for spec in pending:
+                    on_done(spec, execute_run(run_fn, spec, str(runs_dir)))
+            else:
+                run_packs(make_backend(options, len(pending), cores), pending, run_fn, runs_dir, on_done)
     finally:
         if bar is not None:
             bar.close()
-    return ran
+    return records
 
 
 def write_tables(study: Study, specs: Sequence[RunSpec], out: Path) -> list[dict[str, Any]]:

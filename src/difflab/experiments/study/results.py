@@ -17,13 +17,20 @@ DONE_STATUSES = frozenset({"finished", "diverged"})
 
 @dataclass(frozen=True)
 class StudyResult:
-    """Rows of the results table (one per run, in expansion order) and where they were written."""
+    """Rows of the results table (one per run, in expansion order) and where they were written.
+
+    ``ran``: runs this call attempted; ``skipped``: already done; ``failed``: run id -> result.json of each
+    run this call attempted that neither finished nor diverged; ``busy``: run id -> owner of the runs another
+    live worker holds; ``missing``: runs with no result yet that this call did not attempt (other shards)."""
 
     rows: list[dict[str, Any]]
     out_dir: str
     axes_keys: list[str] = field(default_factory=list)
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    failed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    busy: dict[str, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
 
 
 def read_record(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -39,7 +39,6 @@ from typing import Any
 from difflab.experiments.common.overrides import OverrideError, TOMLDecodeError, parse_value, tomllib
 from difflab.experiments.study.plan import (
     StudyError,
-    _safe,
     flatten,
     format_axis_value,
     unflatten,
@@ -240,6 +239,20 @@ def apply_overrides(study: Study, overrides: Iterable[str] | None) -> Study:
     return study
 
 
+MAX_RUN_ID = 120  # characters; a file name may have 255 bytes, and run ids also appear inside longer names
+
+
+def safe_run_id(text: str) -> str:
+    """A run id that is a safe file name, never a path: only ``[A-Za-z0-9_.+-]`` (anything else becomes
+    ``-``, leading/trailing dots and dashes dropped, so ``"../../x"`` gives ``"x"``), and at most
+    :data:`MAX_RUN_ID` characters: a longer id keeps its first 100 characters plus ``-`` and 16 hex digits
+    of the SHA-256 of the full text, so distinct long ids stay distinct."""
+    safe = re.sub(r"[^A-Za-z0-9_.+-]+", "-", text).strip("-.") or "x"
+    if len(safe) <= MAX_RUN_ID:
+        return safe
+    return f"{safe[:100].rstrip('-.')}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
 def _product(axes: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
     keys = list(axes)
     return [dict(zip(keys, combo)) for combo in itertools.product(*(axes[k] for k in keys))]
@@ -249,7 +262,8 @@ def expand(study: Study, *, label_key: str | None = "label") -> list[RunSpec]:
     """All runs of a study in a deterministic order: the main grid (last axis fastest), then each extra.
 
     ``run_id`` joins the axis values with ``__`` (``mixture8__eps__nelbo__s0``); extras start with their
-    label. If ``label_key`` is given and not set by the study, ``config[label_key] = run_id``.
+    label; :func:`safe_run_id` makes it a safe file name. If ``label_key`` is given and not set by the
+    study, ``config[label_key] = run_id``.
     """
     plan: list[tuple[str, dict[str, Any], dict[str, Any]]] = []  # (label, values, axis values)
     for point in _product(study.axes):
@@ -260,7 +274,7 @@ def expand(study: Study, *, label_key: str | None = "label") -> list[RunSpec]:
     specs, seen = [], {}
     for label, values, point in plan:
         parts = ([label] if label else []) + [format_axis_value(k, v) for k, v in point.items()]
-        run_id = "__".join(parts) if parts else _safe(study.name)
+        run_id = safe_run_id("__".join(parts) if parts else study.name)
         if run_id in seen:
             raise StudyError(f"two runs share the id {run_id!r}; give extras distinct labels or axis values")
         seen[run_id] = True
