@@ -313,9 +313,7 @@ class Trainer:
         model = self.denoiser
         model.train()
         self.forward_model.train()
-        n_bins = cfg.time_bins
-        running = torch.zeros((), dtype=torch.float64)
-        running_n = 0
+        running, running_n = 0.0, 0
         start = time.perf_counter() - h.seconds
         stop = self.total_steps if until is None else min(until, self.total_steps)
         while self.step < stop:
@@ -337,20 +335,15 @@ class Trainer:
                 break
             self.optimizer.step()
             self.ema.update(self._all_params, step)
-            with torch.no_grad():
-                per_example = out.loss.detach().to(torch.float64).cpu()
-                bins = torch.clamp((out.t.detach().to(torch.float64).cpu() * n_bins).long(), 0, n_bins - 1)
-                h.time_bin_sum.index_add_(0, bins, per_example)
-                h.time_bin_count.index_add_(0, bins, torch.ones_like(per_example))
-                running += loss.detach().to(torch.float64).cpu()
-                running_n += 1
+            self._record_by_time(out)
+            running += loss_value
+            running_n += 1
             self.step += 1
             logged = self.step % cfg.log_every == 0 or self.step == self.total_steps
             if logged:
                 h.steps.append(self.step)
-                h.loss.append(float(running) / max(1, running_n))
-                running.zero_()
-                running_n = 0
+                h.loss.append(running / max(1, running_n))
+                running, running_n = 0.0, 0
             if cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0:
                 h.seconds = time.perf_counter() - start
                 self.save_checkpoint()
@@ -361,6 +354,17 @@ class Trainer:
             h.status = "finished"
         self.save_checkpoint()
         return h
+
+    @torch.no_grad()
+    def _record_by_time(self, out: object) -> None:
+        """Add the per-example losses of a step to their time bins (the loss-by-time curve)."""
+        h, n_bins = self.history, self.config.time_bins
+        assert h.time_bin_sum is not None and h.time_bin_count is not None
+        per_example = out.loss.detach().to(torch.float64).cpu()  # type: ignore[attr-defined]
+        t = out.t.detach().to(torch.float64).cpu()  # type: ignore[attr-defined]
+        bins = torch.clamp((t * n_bins).long(), 0, n_bins - 1)
+        h.time_bin_sum.index_add_(0, bins, per_example)
+        h.time_bin_count.index_add_(0, bins, torch.ones_like(per_example))
 
     def ema_model(self) -> nn.Module:
         """A copy of the denoiser carrying the EMA weights (for sampling and evaluation)."""
