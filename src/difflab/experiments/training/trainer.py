@@ -10,8 +10,9 @@ Divergence (a result, not a crash): a step whose loss or gradient norm is not fi
 still finite (``lr = 10`` reaches losses of 4e9): the loss smoothed by an EMA over ~20 steps,
 ``m_k = 0.95 m_{k-1} + 0.05 l_k``, staying above ``DIVERGENCE_RATIO`` (100) times its running minimum for
 ``window = min(50, max(5, total_steps // 10))`` consecutive steps. The run stops with status "diverged" and
-``diverged_at`` = the first step of that excursion. Losses are weighted squared errors (non-negative), so
-the ratio test is skipped while the running minimum is not positive.
+``diverged_at`` = the first step of that excursion (a run that ends inside an excursion of 3 or more steps,
+shorter than the window only because the run ended, diverged too). Losses are weighted squared errors
+(non-negative), so the ratio test is skipped while the running minimum is not positive.
 
 Checkpoints carry the caller's config identity (``identity``, see
 :func:`difflab.experiments.common.rundir.config_hash`); resuming under another config is refused.
@@ -152,6 +153,8 @@ class Trainer:
 
     #: smoothed loss above this multiple of its running minimum counts towards divergence
     DIVERGENCE_RATIO = 100.0
+    #: an excursion still running at the last step counts as divergence from this many steps on
+    END_EXCURSION = 3
     #: EMA coefficient of the smoothed loss (horizon ~ 1 / (1 - 0.95) = 20 steps)
     SMOOTHING = 0.95
 
@@ -351,9 +354,22 @@ class Trainer:
                 progress(self.step, h.loss[-1])
         h.seconds = time.perf_counter() - start
         if h.status == "running" and self.step >= self.total_steps:
-            h.status = "finished"
+            h.status = "finished" if not self._ends_in_blow_up() else "diverged"
         self.save_checkpoint()
         return h
+
+    def _ends_in_blow_up(self) -> bool:
+        """A run that ends inside an excursion of at least ``END_EXCURSION`` steps (shorter than the window
+        only because the run ended) diverged too."""
+        h = self.history
+        if h.excursion_start is None or self.step - h.excursion_start < self.END_EXCURSION:
+            return False
+        h.diverged_at = h.excursion_start
+        h.divergence_reason = (
+            f"smoothed loss {h.smoothed:.4g} above {self.DIVERGENCE_RATIO:g} x its minimum "
+            f"{h.smoothed_min:.4g} for the last {self.step - h.excursion_start} steps"
+        )
+        return True
 
     @torch.no_grad()
     def _record_by_time(self, out: object) -> None:
