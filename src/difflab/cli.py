@@ -51,7 +51,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     out = args.out or os.path.join("runs", Path(args.config).stem)
     check_writable(out)
-    check_reuse(out, resolved, overwrite=args.overwrite)  # before anything of the old run is touched
+    resolve = lambda raw_config: kind.to_dict(kind.parse(raw_config))  # noqa: E731
+    check_reuse(out, resolved, overwrite=args.overwrite, resolve=resolve)  # before the old run is touched
     result = kind.run(raw, out, progress=True)
     if dist_info_from_env().is_main:  # under torchrun every rank trains, rank 0 reports
         print(json.dumps(result, indent=2, default=float))

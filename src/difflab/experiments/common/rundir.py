@@ -15,6 +15,7 @@ differs from the one that made it. Both messages list what differs (``train.step
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -151,6 +152,9 @@ def check_writable(path: str | os.PathLike[str]) -> None:
 # --------------------------------------------------------------------------------- config identity
 
 
+#: a kind's ``config dict -> resolved config dict`` (parse, then ``to_dict``); raises ValueError if invalid
+Resolve = Callable[[dict[str, Any]], dict[str, Any]]
+
 #: config keys that do not change the trained weights: a run may be re-evaluated, relabelled or moved
 #: to another device under the same checkpoint
 IDENTITY_IGNORED = ("label", "eval", "train.device")
@@ -240,13 +244,17 @@ def check_checkpoint_config(state: dict[str, Any], config: dict[str, Any], path:
     )
 
 
-def _reuse_problem(run_dir: str, config: dict[str, Any]) -> str | None:
+def _reuse_problem(run_dir: str, config: dict[str, Any], resolve: Resolve | None) -> str | None:
     """Why ``run_dir`` cannot be resumed under ``config`` (None if it can, or holds no run)."""
     config_path = os.path.join(run_dir, "config.json")
     ckpt_path = os.path.join(run_dir, "checkpoint.pt")
     try:
         if os.path.isfile(config_path):
             old = read_config(run_dir)
+            # a study writes its raw (partial) run config: compare it with every default filled in; one
+            # that is no longer a valid config is compared as written
+            with contextlib.suppress(ValueError):
+                old = resolve(old) if resolve is not None else old
             if config_hash(old) != config_hash(config):
                 return f"{run_dir} holds a run of another config ({_differences(old, config)})"
         if os.path.isfile(ckpt_path):
@@ -256,13 +264,19 @@ def _reuse_problem(run_dir: str, config: dict[str, Any]) -> str | None:
     return None
 
 
-def check_reuse(run_dir: str | os.PathLike[str], config: dict[str, Any], overwrite: bool = False) -> None:
+def check_reuse(
+    run_dir: str | os.PathLike[str],
+    config: dict[str, Any],
+    overwrite: bool = False,
+    resolve: Resolve | None = None,
+) -> None:
     """Before a run writes anything into ``run_dir``: RunDirError if the directory holds a run of another
-    config (its ``config.json`` or ``checkpoint.pt`` differs in identity from ``config``, or either is
-    corrupt), listing what differs: resuming it would report or continue the old run. With ``overwrite``
-    the old run's outputs (:data:`RUN_OUTPUTS`) are removed instead, so the run trains from scratch."""
+    config (its ``config.json`` or ``checkpoint.pt`` differs in identity from the resolved ``config``, or
+    either is corrupt), listing what differs: resuming it would report or continue the old run. ``resolve``
+    turns a ``config.json`` into the resolved form (defaults filled in). With ``overwrite`` the old run's
+    outputs (:data:`RUN_OUTPUTS`) are removed instead, so the run trains from scratch."""
     run_dir = os.fspath(run_dir)
-    problem = _reuse_problem(run_dir, config)
+    problem = _reuse_problem(run_dir, config, resolve)
     if problem is None:
         return
     if not overwrite:

@@ -37,6 +37,7 @@ from difflab.experiments.images.config import (
     ImageEvalConfig,
     ImageRunConfig,
     image_config_to_dict,
+    parse_image_config,
     validate_image_config,
 )
 from difflab.experiments.images.evaluate import (
@@ -187,21 +188,21 @@ def _run(config: ImageRunConfig, run_dir: str, dist: DistInfo, progress: bool) -
     start = time.perf_counter()
     resolved = image_config_to_dict(config)
     check_device_available(config.train.device)
-    check_reuse(run_dir, resolved)
+    check_reuse(run_dir, resolved, resolve=lambda raw: image_config_to_dict(parse_image_config(raw)))
     parts = build_image_parts(config, dist, verbose=progress)
     if config.train.batch_size > parts.x_train.shape[0]:
         raise ConfigError(
             f"train.batch_size ({config.train.batch_size}) exceeds the {parts.x_train.shape[0]} training "
             f"images of {config.data.name!r}"
         )
+    ev = config.eval
+    net, feature_info, hook = None, {}, None
+    if dist.is_main and ev.enabled:  # a bad Inception file is an error before anything is written
+        net, feature_info = feature_network(config, parts.train_data, parts.test_data, parts.device)
+        hook = _tracking_hook(parts, run_dir, net if ev.n_track > 0 else None, feature_info.get("feature"))
     if dist.is_main:
         os.makedirs(run_dir, exist_ok=True)
         write_json(os.path.join(run_dir, "config.json"), resolved)
-    ev = config.eval
-    net, feature_info, hook = None, {}, None
-    if dist.is_main and ev.enabled:
-        net, feature_info = feature_network(config, parts.train_data, parts.test_data, parts.device)
-        hook = _tracking_hook(parts, run_dir, net if ev.n_track > 0 else None, feature_info.get("feature"))
 
     def on_eval(records: list[dict]) -> None:
         write_log_csv(run_dir, records)

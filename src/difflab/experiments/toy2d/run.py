@@ -130,7 +130,7 @@ def run_experiment(config_dict: dict, run_dir: str, progress: bool = False) -> d
     config = validate_config(config_dict)
     resolved = config_to_dict(config)
     check_device_available(config.train.device)
-    check_reuse(run_dir, resolved)
+    check_reuse(run_dir, resolved, resolve=lambda raw: config_to_dict(parse_config(raw)))
     parts = build_run_parts(config) if config.model.name in DIFFUSION_MODELS else None
     os.makedirs(run_dir, exist_ok=True)
     write_json(os.path.join(run_dir, "config.json"), resolved)
