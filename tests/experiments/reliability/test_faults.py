@@ -74,7 +74,7 @@ def test_checkpoint_is_loaded_weights_only(trained, capsys, tmp_path):
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     state["extra"] = {"x": _Payload(str(target))}
     with open(run / "checkpoint.pt", "wb") as f:
-        pickle.dump(state, f)  # torch.load falls back to plain pickle for a non-zip file
+        pickle.dump(state, f, protocol=2)  # torch.load falls back to plain pickle for a non-zip file
     assert main(["sample", str(run), "--n", "5", "--steps", "2"]) == 2
     assert "is corrupt, truncated or not a difflab checkpoint" in capsys.readouterr().err
     assert not target.exists()  # the payload never ran
@@ -228,3 +228,52 @@ def test_disk_full_writing_json(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(rundir.json, "dump", real_dump)
     assert main(["train", str(cfg), "--out", str(run)]) == 0
     assert json.loads((run / "metrics.json").read_text())["status"] == "finished"
+
+
+STUDY_SETS = [
+    "data.n_train=300",
+    "data.n_test=100",
+    "model.hidden=8",
+    "model.layers=1",
+    "train.steps=4",
+    "train.batch_size=32",
+    "train.log_every=2",
+    "train.checkpoint_every=2",
+    "eval.n_samples=50",
+    "eval.steps=3",
+    "eval.nll=false",
+    "eval.n_nelbo=20",
+    "eval.nelbo_t_draws=1",
+    "eval.kde_n_eval=50",
+    "eval.also_ancestral=false",
+    'objective.target=["eps"]',
+    'objective.weighting=["nelbo"]',
+]
+
+
+def test_disk_full_during_a_study_then_resume(tmp_path, capsys, monkeypatch):
+    """ENOSPC while the study writes results.csv: one message, no .tmp anywhere; the rerun reuses every
+    finished run (their result.json files are not rewritten) and writes the table."""
+    out = tmp_path / "study"
+    args = ["study", "default", "--out", str(out), "--workers", "1"]
+    for item in STUDY_SETS:
+        args += ["--set", item]
+    real_writer = rundir.csv.writer
+
+    def full_disk(f, *a, **k):
+        if os.path.basename(f.name).startswith("results.csv"):
+            f.write("run_id,")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_writer(f, *a, **k)
+
+    monkeypatch.setattr(rundir.csv, "writer", full_disk)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {out / 'results.csv'}: No space left on device" in err
+    assert _tmp_files(out) == [] and not (out / "results.csv").exists()
+    results = {p: os.stat(p).st_mtime_ns for p in out.glob("runs/*/result.json")}
+    assert results  # the runs themselves finished
+    monkeypatch.setattr(rundir.csv, "writer", real_writer)
+    assert main(args) == 0
+    assert (out / "results.csv").exists()
+    assert {p: os.stat(p).st_mtime_ns for p in out.glob("runs/*/result.json")} == results
