@@ -87,7 +87,7 @@ IMAGE_BAD = [
     ("eval.n_pf_ode=0", "eval.n_pf_ode: must be >= 1, got 0"),
     ("eval.pf_ode_rtol=0", "eval.pf_ode_rtol: must be > 0 and <= 0.01, got 0.0"),
     ("eval.classifier_epochs=0", "eval.classifier_epochs: must be >= 1, got 0"),
-    ("train.precision=fp16", "train.precision: expected one of fp32, bf16, fp64, got 'fp16'"),
+    ("train.precision=fp16", "unknown precision 'fp16'; valid precisions: bf16, fp32, fp64"),
     ("process.options.T=1", "T (steps of the DDPM chain) must be >= 2, got 1"),
 ]
 
