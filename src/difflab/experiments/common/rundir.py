@@ -284,12 +284,13 @@ def check_reuse(
             f"{problem}. Nothing was changed: use another --out, or pass --overwrite to retrain it from "
             "scratch under the new config"
         )
-    for name in RUN_OUTPUTS:
+    for name in RUN_OUTPUTS:  # tolerant: under torchrun every rank removes them
         target = os.path.join(run_dir, name)
         if os.path.isdir(target):
-            shutil.rmtree(target)
-        elif os.path.exists(target):
-            os.remove(target)
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(target)
 
 
 #: training statuses of a checkpoint that are complete runs (early stopping is a finished run)

@@ -208,14 +208,14 @@ def _run(config: ImageRunConfig, run_dir: str, dist: DistInfo, progress: bool) -
         write_log_csv(run_dir, records)
 
     trainer = train_image_model(parts, run_dir, dist, eval_hook=hook, progress=progress, on_eval=on_eval)
-    result = {**_result_from_trainer(trainer, parts), "config_hash": config_hash(resolved)}
+    result = _result_from_trainer(trainer, parts)
     if not dist.is_main:
         return {**result, "rank": dist.rank}
     _write_history(run_dir, trainer)
     if result["status"] != "diverged" and ev.enabled:
         result.update(final_metrics(parts, trainer.ema_model(), run_dir, net, feature_info))
     result["seconds"] = round(time.perf_counter() - start, 3)
-    write_json(os.path.join(run_dir, "metrics.json"), result)
+    write_json(os.path.join(run_dir, "metrics.json"), {**result, "config_hash": config_hash(resolved)})
     return result
 
 

@@ -138,7 +138,8 @@ def run_experiment(config_dict: dict, run_dir: str, progress: bool = False) -> d
         return run_baseline(config, run_dir)
     start = time.perf_counter()
     parts, trainer = train_run(config, run_dir, progress=progress, parts=parts)
-    result: dict[str, Any] = {"status": "finished", "steps": 0, "config_hash": config_hash(resolved)}
+    result: dict[str, Any] = {"status": "finished", "steps": 0}
+    stamp = {"config_hash": config_hash(resolved)}  # metrics.json names the config that made it
     denoiser = parts.denoiser
     if trainer is not None:
         result.update(_write_history(run_dir, trainer))
@@ -146,7 +147,7 @@ def run_experiment(config_dict: dict, run_dir: str, progress: bool = False) -> d
             h = trainer.history
             result.update(status="diverged", diverged_at=h.diverged_at, diverged_reason=h.divergence_reason)
             result["seconds"] = round(time.perf_counter() - start, 3)
-            write_json(os.path.join(run_dir, "metrics.json"), result)
+            write_json(os.path.join(run_dir, "metrics.json"), {**result, **stamp})
             return result
         denoiser = trainer.ema_model().cpu()  # 2D evaluation runs on the CPU
     metrics, samples = evaluate_run(parts, denoiser)
@@ -157,7 +158,7 @@ def run_experiment(config_dict: dict, run_dir: str, progress: bool = False) -> d
         result.update(write_score_error(parts, denoiser, run_dir))
     np.savez_compressed(os.path.join(run_dir, "samples.npz"), **samples)
     result["seconds"] = round(time.perf_counter() - start, 3)
-    write_json(os.path.join(run_dir, "metrics.json"), result)
+    write_json(os.path.join(run_dir, "metrics.json"), {**result, **stamp})
     return result
 
 
