@@ -4,8 +4,9 @@ Bad input (unknown key or name, wrong type or range, missing, corrupt or unreada
 output, a full disk) prints one message and exits with status 2, having written nothing (a failed write
 leaves no temporary file; rerunning the command resumes). ``train`` into a directory that holds a run of
 another config is refused, listing what differs, unless ``--overwrite`` is given; ``sample`` and
-``evaluate`` refuse a checkpoint that ``config.json`` does not describe, and a diverged run. Every command reaches its pipeline through the run kind
-(:mod:`difflab.experiments.kind`): this module holds no kind-specific code.
+``evaluate`` refuse a checkpoint that ``config.json`` does not describe, and a diverged run. Every command
+reaches its pipeline through the run kind (:mod:`difflab.experiments.kind`): this module holds no
+kind-specific code.
 
 Training past one device: ``torchrun --nproc_per_node=N -m difflab.cli train CONFIG.toml --device cuda``
 (only rank 0 prints the result).
