@@ -1,8 +1,12 @@
 """The ``difflab`` command line: train | sample | evaluate | study.
 
-Bad input (unknown key or name, wrong type, missing file, unwritable output) prints one message and exits
-with status 2, having written nothing. Every command reaches its pipeline through the run kind
-(:mod:`difflab.experiments.kind`): this module holds no kind-specific code.
+Bad input (unknown key or name, wrong type or range, missing, corrupt or unreadable file, unwritable
+output, a full disk) prints one message and exits with status 2, having written nothing (a failed write
+leaves no temporary file; rerunning the command resumes). ``train`` into a directory that holds a run of
+another config is refused, listing what differs, unless ``--overwrite`` is given; ``sample`` and
+``evaluate`` refuse a checkpoint that ``config.json`` does not describe, and a diverged run. Every command
+reaches its pipeline through the run kind (:mod:`difflab.experiments.kind`): this module holds no
+kind-specific code.
 
 Training past one device: ``torchrun --nproc_per_node=N -m difflab.cli train CONFIG.toml --device cuda``
 (only rank 0 prints the result).
@@ -24,20 +28,37 @@ BUILTIN_STUDIES = Path(__file__).parent / "studies"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from difflab.experiments.common.configs import ConfigError, check_device_available, describe_config
     from difflab.experiments.common.overrides import apply_sets, load_toml
-    from difflab.experiments.common.rundir import DEFAULT_KIND, check_writable
+    from difflab.experiments.common.rundir import DEFAULT_KIND, check_reuse, check_writable
     from difflab.experiments.kind import get_kind
     from difflab.experiments.training.dist import dist_info_from_env
 
+    if args.help_config:  # the schema of the config's kind (toy2d unless the file says otherwise)
+        kind_name = load_toml(args.config).get("kind", DEFAULT_KIND) if args.config else DEFAULT_KIND
+        print("\n".join(describe_config(type(get_kind(kind_name).parse({})))))
+        return 0
+    if args.config is None:
+        raise ConfigError("train needs a CONFIG.toml (see --help-config for its keys)")
     sets = [*args.set, *([f'train.device="{args.device}"'] if args.device else [])]
-    raw = apply_sets(load_toml(args.config), sets)
+    file_config = load_toml(args.config)
+    if not file_config:
+        raise ConfigError(
+            f"{args.config} is empty: every key would take its default (see --help-config); write the "
+            "tables you mean, e.g. [train] steps = 2000"
+        )
+    raw = apply_sets(file_config, sets)
     kind = get_kind(raw.pop("kind", DEFAULT_KIND))
     config = kind.parse(raw)
+    resolved = kind.to_dict(config)
+    check_device_available(resolved["train"]["device"])
     if args.dry_run:
         print(json.dumps(kind.to_dict(config), indent=2))
         return 0
     out = args.out or os.path.join("runs", Path(args.config).stem)
     check_writable(out)
+    resolve = lambda raw_config: kind.to_dict(kind.parse(raw_config))  # noqa: E731
+    check_reuse(out, resolved, overwrite=args.overwrite, resolve=resolve)  # before the old run is touched
     result = kind.run(raw, out, progress=True)
     if dist_info_from_env().is_main:  # under torchrun every rank trains, rank 0 reports
         print(json.dumps(result, indent=2, default=float))
@@ -53,6 +74,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
     request = SampleRequest(args.n, args.steps, args.seed, args.sampler, args.grid, options, args.out)
     print(get_kind(read_kind(args.run)).sample(args.run, request))
     return 0
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--steps 0`` or ``--n -5`` is a usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -191,11 +223,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train and evaluate one run from a TOML config", formatter_class=fmt)
-    p.add_argument("config", help="TOML file with [data] [process] [objective] [model] [train] [eval] tables")
+    p.add_argument(
+        "config", nargs="?", help="TOML file with [data] [process] [objective] [model] [train] [eval] tables"
+    )
     p.add_argument("--out", help="run directory (default runs/<config stem>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--device", help="cpu, cuda or cuda:N (shorthand for --set train.device=...)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="retrain from scratch when --out holds a run of another config (else that is refused)",
+    )
+    p.add_argument(
+        "--help-config", action="store_true", help="list every config key: type, default, valid range"
+    )
     p.set_defaults(func=cmd_train)
 
     from difflab.samplers import GRIDS, SAMPLERS
@@ -203,14 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw samples from a trained run", formatter_class=fmt)
     p.add_argument("run", help="run directory")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: the run's own sampler")
-    p.add_argument("--steps", type=int, default=256)
+    p.add_argument("--steps", type=positive_int, default=256)
     p.add_argument("--grid", choices=sorted(GRIDS), help="default: the run's eval.grid")
-    p.add_argument("--n", type=int, default=5000)
+    p.add_argument("--n", type=positive_int, default=5000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--option", action="append", default=[], metavar="NAME=VALUE", help="sampler option, e.g. eta=0.5"
     )
-    p.add_argument("--out", help="output .npz (default inside the run directory)")
+    p.add_argument("--out", help="output .npz, or a directory to write it in (default: the run directory)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("evaluate", help="evaluate a trained run", formatter_class=fmt)
@@ -235,6 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except user_errors as err:
         print(f"difflab: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # disk full, permissions, unreadable data: the file and what to do
+        where = f" {err.filename}" if err.filename else ""
+        print(f"difflab: error: cannot access{where}: {err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("difflab: interrupted; rerun the same command to resume", file=sys.stderr)

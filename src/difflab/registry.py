@@ -18,7 +18,8 @@ def lookup(table: Mapping[str, T], name: str, kind: str) -> T:
         return table[name]
     except KeyError:
         valid = ", ".join(sorted(table))
-        raise UnknownNameError(f"unknown {kind} {name!r}; valid {kind}s: {valid}") from None
+        kinds = f"{kind}es" if kind.endswith(("s", "x", "sh", "ch")) else f"{kind}s"
+        raise UnknownNameError(f"unknown {kind} {name!r}; valid {kinds}: {valid}") from None
 
 
 def build(table: Mapping[str, Callable[..., T]], name: str, kind: str, **kwargs: object) -> T:

@@ -159,6 +159,28 @@ def _data_fingerprint(*tensors: Tensor, nbytes: int = 1 << 16) -> str:
     return h.hexdigest()
 
 
+def _load_cached(path: Path, verbose: bool) -> tuple[FeatureClassifier, float] | None:
+    """The classifier cached at ``path``, verified (weights-only load, every key present, the state dict
+    matching the recorded architecture, a finite accuracy in [0, 1]); None (the file is removed, so the
+    caller retrains and rewrites it) if the file is empty, truncated or garbage."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = blob["config"]
+        model = FeatureClassifier(cfg["in_channels"], tuple(cfg["image_size"]), cfg["num_classes"],
+                                  cfg["feature_dim"], cfg["width"])
+        model.load_state_dict(blob["state_dict"])
+        acc = float(blob["test_accuracy"])
+        if not 0.0 <= acc <= 1.0:
+            raise ValueError(f"test accuracy {acc} outside [0, 1]")
+        return model, acc
+    except Exception as err:  # any failure to read it back means the cache is unusable: rebuild it
+        if verbose:
+            print(f"the classifier cache {path} is corrupt ({type(err).__name__}: {str(err)[:120]}); "
+                  "retraining it")
+        path.unlink(missing_ok=True)
+        return None
+
+
 def load_or_train_classifier(
     dataset_name: str,
     train: ImagesLabels | ImageData,
@@ -188,14 +210,10 @@ def load_or_train_classifier(
                    sort_keys=True).encode()
     ).hexdigest()[:16]
     path = Path(cache_dir) / f"classifier_{dataset_name}_{key}.pt"
-    if path.is_file():
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        cfg = blob["config"]
-        model = FeatureClassifier(cfg["in_channels"], tuple(cfg["image_size"]), cfg["num_classes"],
-                                  cfg["feature_dim"], cfg["width"])
-        model.load_state_dict(blob["state_dict"])
+    cached = _load_cached(path, verbose) if path.is_file() else None
+    if cached is not None:
+        model, acc = cached
         model.to(device).eval()
-        acc = float(blob["test_accuracy"])
         if verbose:
             print(f"loaded cached {dataset_name} feature classifier from {path} (test accuracy {acc:.4f})")
     else:

@@ -123,7 +123,7 @@ class DiscreteChain(VarianceProcess):
 
 def ddpm_chain(T: int = 1000, schedule: str = "linear", **kwargs: float) -> DiscreteChain:
     """Build a DDPM chain of T steps from a named beta schedule (see BETA_SCHEDULES)."""
-    if int(T) < 1:
-        raise ValueError(f"T must be >= 1, got {T}")
+    if int(T) < 2:  # T = 1 would give t_min = 1/T = t_max: no time range to train or sample on
+        raise ValueError(f"process option T (steps of the DDPM chain) must be >= 2, got {T}")
     betas = lookup(BETA_SCHEDULES, schedule, "beta schedule")(int(T), **kwargs)
     return DiscreteChain(betas, schedule=schedule)

@@ -202,6 +202,8 @@ def test_image_sampler_options_reach_the_sampler():
 
 
 def test_train_prints_its_result_on_rank_zero_only(tmp_path, monkeypatch, capsys):
+    import torch
+
     from difflab.cli import main
 
     cfg = tmp_path / "c.toml"
@@ -211,7 +213,10 @@ def test_train_prints_its_result_on_rank_zero_only(tmp_path, monkeypatch, capsys
         "[eval]\nn_samples = 50\nsteps = 3\nnll = false\nn_nelbo = 20\nnelbo_t_draws = 1\nkde_n_eval = 50\n"
         "also_ancestral = false\n"
     )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a machine with two GPUs
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert main(["train", str(cfg), "--dry-run", "--set", "train.device=cuda:1"]) == 0
+    monkeypatch.undo()
     resolved = json.loads(capsys.readouterr().out)
     assert resolved["train"]["steps"] == 4 and resolved["train"]["device"] == "cuda:1"
     monkeypatch.setenv("RANK", "1")

@@ -68,5 +68,5 @@ def test_bad_process_option():
 def test_value_ranges():
     with pytest.raises(ConfigError, match="ema"):
         validate_config({"train": {"ema": 1.5}})
-    with pytest.raises(ConfigError, match="positive"):
+    with pytest.raises(ConfigError, match=r"train.lr: must be > 0, got -1.0"):
         validate_config({"train": {"lr": -1.0}})

@@ -26,6 +26,8 @@ class OverrideError(ValueError):
 def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The parsed TOML document at ``path``; OverrideError if it is missing or not valid TOML."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise OverrideError(f"{path} is a directory, not a TOML config file")
     if not os.path.isfile(path):
         raise OverrideError(f"config file not found: {path}")
     try:
@@ -33,6 +35,10 @@ def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as err:
         raise OverrideError(f"{path}: invalid TOML: {err}") from None
+    except UnicodeDecodeError:
+        raise OverrideError(f"{path}: not a text file (TOML must be UTF-8 text)") from None
+    except OSError as err:
+        raise OverrideError(f"{path}: cannot read the config file: {err.strerror}") from None
 
 
 def parse_value(text: str) -> Any:
@@ -61,6 +67,10 @@ def apply_sets(config: dict, sets: Sequence[str]) -> dict:
         key, text = item.split("=", 1)
         node = config
         parts = key.strip().split(".")
+        if not all(part.strip() for part in parts):
+            raise OverrideError(
+                f"--set {item!r}: empty key part in {key.strip()!r}; write e.g. train.steps=3"
+            )
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):

@@ -21,7 +21,10 @@ from difflab.experiments.common.configs import (
     ConfigError,
     check_choice,
     check_device,
+    check_process_range,
     check_sampler_options,
+    domain,
+    param,
     parse_dataclass,
     to_dict,
 )
@@ -32,90 +35,92 @@ FEATURES = ("classifier", "inception")
 
 @dataclass(frozen=True)
 class ImageDataConfig:
-    name: str = "digits"  # digits | mnist | fashion_mnist | cifar10
-    root: str | None = None  # directory with the IDX / CIFAR files (ignored for digits)
-    flip: bool = False  # random horizontal flip of training batches (seed 001 flipped every data set)
-    n_train: int | None = None  # cap on training images (None: all)
-    n_val: int | None = None  # cap on held-out images used for validation loss and metrics (None: all)
+    name: str = param("digits", doc="digits | mnist | fashion_mnist | cifar10")
+    root: str | None = param(None, doc="directory with the IDX / CIFAR files (ignored for digits)")
+    flip: bool = param(False, doc="random horizontal flip of training batches (seed 001 flipped all)")
+    n_train: int | None = param(None, ge=2, doc="cap on training images (None: all)")
+    n_val: int | None = param(None, ge=2, doc="cap on held-out images for validation and metrics")
 
 
 @dataclass(frozen=True)
 class ImageProcessConfig:
-    name: str = "ddpm"
-    options: dict = field(default_factory=dict)  # ddpm: T (default 1000), schedule (default "linear")
+    name: str = param("ddpm", doc="forward process (difflab.processes.PROCESSES)")
+    options: dict = field(
+        default_factory=dict, metadata=domain("ddpm: T (default 1000, >= 2), schedule (default linear)")
+    )
 
 
 @dataclass(frozen=True)
 class ImageObjectiveConfig:
-    target: str = "eps"
-    weighting: str = "eps_simple"
-    time_dist: str = "discrete"
-    norm: str = "l2"
-    options: dict = field(default_factory=dict)
+    target: str = param("eps", doc="network target: x0 | eps | v | score")
+    weighting: str = param("eps_simple", doc="loss weighting w(lambda)")
+    time_dist: str = param("discrete", doc="training-time distribution")
+    norm: str = param("l2", doc="l2 | l1 | pseudo_huber")
+    options: dict = field(default_factory=dict, metadata=domain("objective options"))
 
 
 @dataclass(frozen=True)
 class ImageModelConfig:
-    channels: int = 32
-    channel_mults: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = 2
-    attn_resolutions: tuple[int, ...] = (4,)
-    dropout: float = 0.0
-    num_heads: int = 1
-    scale_shift: bool = False
-    input_scaling: bool = False
+    channels: int = param(32, ge=1, doc="base channels of the UNet")
+    channel_mults: tuple[int, ...] = param((1, 2, 2), ge=1, min_len=1, doc="channel multiplier per level")
+    num_res_blocks: int = param(2, ge=1, doc="residual blocks per level")
+    attn_resolutions: tuple[int, ...] = param((4,), ge=1, doc="resolutions with self-attention")
+    dropout: float = param(0.0, ge=0, lt=1, doc="dropout probability")
+    num_heads: int = param(1, ge=1, doc="attention heads")
+    scale_shift: bool = param(False, doc="FiLM scale-shift time conditioning")
+    input_scaling: bool = param(False, doc="c_in scaling of the network input")
 
 
 @dataclass(frozen=True)
 class ImageTrainConfig:
-    steps: int = 20_000
-    epochs: float | None = None  # if set, overrides steps: round(epochs * n_train / batch_size)
-    batch_size: int = 128  # the *global* batch (split across ranks under torchrun)
-    lr: float = 2e-4
-    optimizer: str = "adamw"
-    weight_decay: float = 0.0
-    lr_schedule: str = "constant"
-    warmup: int = 200
-    ema: float = 0.999
-    grad_clip: float = 1.0
-    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp64 (reference numerics)
-    device: str = "cpu"  # cpu | cuda (cuda:<local rank> under torchrun)
-    val_every: int = 1000  # validation loss, sample grid PNG and tracked FID/IS every this many steps
-    patience: int = 0  # early stopping: stop after this many validations without improvement (0: off)
-    checkpoint_every: int = 1000
-    log_every: int = 50
-    time_bins: int = 20
-    seed: int = 0
+    steps: int = param(20_000, ge=1, doc="optimizer steps")
+    epochs: float | None = param(None, gt=0, doc="if set, overrides steps: round(epochs * n_train / batch)")
+    batch_size: int = param(128, ge=1, doc="the *global* batch (split across ranks under torchrun)")
+    lr: float = param(2e-4, gt=0, doc="peak learning rate")
+    optimizer: str = param("adamw", doc="adam | adamw")
+    weight_decay: float = param(0.0, ge=0, doc="weight decay")
+    lr_schedule: str = param("constant", doc="constant | cosine (after warm-up)")
+    warmup: int = param(200, ge=0, doc="linear warm-up steps")
+    ema: float = param(0.999, ge=0, lt=1, doc="EMA decay of the evaluated weights")
+    grad_clip: float = param(1.0, ge=0, doc="gradient-norm clip (0: off)")
+    precision: str = param("fp32", doc="fp32 | bf16 (autocast) | fp64")
+    device: str = param("cpu", doc="cpu | cuda (cuda:<local rank> under torchrun)")
+    val_every: int = param(1000, ge=1, doc="steps between validation loss, grid PNG and tracked FID/IS")
+    patience: int = param(0, ge=0, doc="early stopping after this many validations without gain (0: off)")
+    checkpoint_every: int = param(1000, ge=0, doc="steps between checkpoints")
+    log_every: int = param(50, ge=1, doc="steps per logged loss")
+    time_bins: int = param(20, ge=1, doc="bins of the loss-by-time curve")
+    seed: int = param(0, doc="seed of initialisation, minibatches, t and eps")
 
 
 @dataclass(frozen=True)
 class ImageEvalConfig:
-    enabled: bool = True  # False: train only (no final sampling or metrics)
-    sampler: str = "ancestral"  # ancestral | ddim | any samplers name
-    steps: int = 1000  # grid steps; on a DDPM chain at most T - 1 (the full chain: NFE = T)
-    eta: float = 0.0  # deprecated alias of sampler_options.eta (DDIM's eta; ddim only)
+    enabled: bool = param(True, doc="False: train only (no final sampling or metrics)")
+    sampler: str = param("ancestral", doc="ancestral | ddim | any samplers name")
+    steps: int = param(1000, ge=1, doc="grid steps; on a DDPM chain at most T - 1 (full chain: NFE = T)")
+    eta: float = param(0.0, ge=0, doc="deprecated alias of sampler_options.eta (ddim only)")
     # options of the chosen sampler, e.g. {eta = 0.5} for "ddim", {snr = 0.16} for "pc" (see difflab.samplers)
-    sampler_options: dict = field(default_factory=dict)
-    grid: str = "auto"  # auto: "discrete" on a DDPM chain, else "uniform_logsnr"
-    n_samples: int = 10_000
-    batch: int = 1000  # sampling batch
-    features: str = "classifier"  # classifier (trained on the data set, cached) | inception (local file)
-    inception_path: str | None = None
-    classifier_epochs: int = 10
-    cache_dir: str | None = None  # classifier cache (default $DIFFLAB_CACHE or ~/.cache/difflab)
-    n_track: int = 1000  # samples for FID/IS at each validation (0: none)
-    track_steps: int = 100  # sampler steps for the tracked FID/IS and the grid PNG
-    n_grid: int = 64
-    bpd: bool = True  # discrete NELBO with the discretized decoder, bits/dim
-    n_bpd: int = 1000
-    bpd_mc_steps: int = 0  # 0: all T - 1 step KLs exactly; k > 0: k Monte-Carlo steps per image
-    bpd_levels: int = 1000  # T of the discrete ELBO for a continuous process (a chain uses its own T)
-    pf_ode: bool = True  # PF-ODE bits/dim, Hutchinson divergence, uniform dequantization
-    n_pf_ode: int = 256
-    pf_ode_solver: str = "dopri5"
-    pf_ode_steps: int = 50  # rk4 / heun only
-    pf_ode_rtol: float = 1e-4
-    seed: int = 1234
+    sampler_options: dict = field(default_factory=dict, metadata=domain("options of the chosen sampler"))
+    grid: str = param("auto", doc="auto: discrete on a DDPM chain, else uniform_logsnr")
+    n_samples: int = param(10_000, ge=2, doc="samples of the final metrics")
+    batch: int = param(1000, ge=1, doc="sampling batch")
+    features: str = param("classifier", doc="classifier (cached) | inception (local file)")
+    inception_path: str | None = param(None, doc="local TorchScript Inception file")
+    classifier_epochs: int = param(10, ge=1, doc="epochs of the feature classifier")
+    cache_dir: str | None = param(None, doc="classifier cache (default $DIFFLAB_CACHE or ~/.cache/difflab)")
+    n_track: int = param(1000, ge=0, doc="samples for FID/IS at each validation (0: none)")
+    track_steps: int = param(100, ge=1, doc="sampler steps for the tracked FID/IS and the grid PNG")
+    n_grid: int = param(64, ge=1, doc="images in a grid PNG")
+    bpd: bool = param(True, doc="discrete NELBO with the discretized decoder, bits/dim")
+    n_bpd: int = param(1000, ge=1, doc="images of the bits/dim estimate")
+    bpd_mc_steps: int = param(0, ge=0, doc="0: all T - 1 step KLs exactly; k > 0: k Monte-Carlo steps")
+    bpd_levels: int = param(1000, ge=2, doc="T of the discrete ELBO for a continuous process")
+    pf_ode: bool = param(True, doc="PF-ODE bits/dim, Hutchinson divergence, uniform dequantization")
+    n_pf_ode: int = param(256, ge=1, doc="images of the PF-ODE bits/dim")
+    pf_ode_solver: str = param("dopri5", doc="PF-ODE solver")
+    pf_ode_steps: int = param(50, ge=1, doc="steps of rk4 / heun")
+    pf_ode_rtol: float = param(1e-4, gt=0, le=1e-2, doc="dopri5 rtol of the PF-ODE")
+    seed: int = param(1234, doc="seed of sampling and evaluation")
 
     def options(self) -> dict[str, Any]:
         """The sampler options of the run: ``sampler_options``, with the ``eta`` alias when it is set."""
@@ -178,37 +183,21 @@ def _check_names(config: ImageRunConfig) -> Any:
     check_choice(FEATURES, ev.features, "feature network")
     check_choice(SOLVERS, ev.pf_ode_solver, "PF-ODE solver")
     check_sampler_options(ev.options(), SAMPLERS, [ev.sampler])
+    check_process_range(process)
     return process
 
 
 def _check_ranges(config: ImageRunConfig) -> None:
-    tr, ev, m = config.train, config.eval, config.model
-    positive = {
-        "train.batch_size": tr.batch_size,
-        "train.val_every": tr.val_every,
-        "train.log_every": tr.log_every,
-        "train.time_bins": tr.time_bins,
-        "eval.steps": ev.steps,
-        "eval.batch": ev.batch,
-        "eval.track_steps": ev.track_steps,
-        "model.channels": m.channels,
-        "model.num_res_blocks": m.num_res_blocks,
-    }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key} must be >= 1, got {value}")
-    if tr.lr <= 0 or (tr.epochs is None and tr.steps < 1) or (tr.epochs is not None and tr.epochs <= 0):
-        raise ConfigError("train.lr and train.steps (or train.epochs) must be positive")
-    if not 0.0 <= tr.ema < 1.0:
-        raise ConfigError(f"train.ema must lie in [0, 1), got {tr.ema}")
-    if tr.patience < 0:
-        raise ConfigError(f"train.patience must be >= 0 (0 disables early stopping), got {tr.patience}")
-    if not m.channel_mults or any(v < 1 for v in m.channel_mults):
+    """What a field's own domain cannot say (each field's range is in its schema above)."""
+    tr, data = config.train, config.data
+    n_train = data.n_train
+    if tr.epochs is not None and n_train is not None and round(tr.epochs * n_train / tr.batch_size) < 1:
         raise ConfigError(
-            f"model.channel_mults must be a non-empty array of positive integers, got {m.channel_mults}"
+            f"train.epochs = {tr.epochs:g} gives no step at data.n_train {data.n_train}, "
+            f"batch_size {tr.batch_size}"
         )
-    if ev.enabled and ev.n_samples < 2:
-        raise ConfigError(f"eval.n_samples must be >= 2, got {ev.n_samples}")
+    if data.n_train is not None and tr.batch_size > data.n_train:
+        raise ConfigError(f"train.batch_size ({tr.batch_size}) exceeds data.n_train ({data.n_train})")
 
 
 def _check_cross_fields(config: ImageRunConfig, process: Any) -> None:

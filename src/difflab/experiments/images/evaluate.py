@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from difflab.experiments.common.configs import options_for
+from difflab.experiments.common.configs import ConfigError, options_for
 from difflab.experiments.images.config import ImageRunConfig
 
 # --------------------------------------------------------------------------------------------- sampling
@@ -125,7 +125,17 @@ def feature_network(
     ev = config.eval
     if ev.features == "inception":
         assert ev.inception_path is not None
-        return InceptionFeatures.from_file(ev.inception_path, device), {"feature": "inception-2015-12-05"}
+        try:
+            net = InceptionFeatures.from_file(ev.inception_path, device)
+        except (RuntimeError, ValueError, OSError) as err:  # torch.jit.load of an empty/garbage/cut file
+            if isinstance(err, FileNotFoundError):
+                raise
+            raise ConfigError(
+                f"eval.inception_path {ev.inception_path}: not a readable TorchScript network "
+                f"({str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__}); "
+                "copy the pt_inception-2015-12-05 file again, or use eval.features = 'classifier'"
+            ) from None
+        return net, {"feature": "inception-2015-12-05"}
     root = cache_dir(config)
     root.mkdir(parents=True, exist_ok=True)
     with open(root / "classifier.lock", "w") as lock:

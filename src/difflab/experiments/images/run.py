@@ -21,19 +21,30 @@ import time
 from typing import Any
 
 import numpy as np
+import torch
 
+from difflab.experiments.common.configs import ConfigError, check_device_available
 from difflab.experiments.common.figures import save_image_grid
-from difflab.experiments.common.rundir import read_config, write_csv_atomic, write_json
+from difflab.experiments.common.rundir import (
+    RunDirError,
+    check_reuse,
+    config_hash,
+    read_config,
+    write_csv_atomic,
+    write_json,
+)
 from difflab.experiments.images.config import (
     ImageEvalConfig,
     ImageRunConfig,
     image_config_to_dict,
+    parse_image_config,
     validate_image_config,
 )
 from difflab.experiments.images.evaluate import (
     bits_per_dim_metrics,
     draw_image_samples,
     feature_network,
+    resolve_grid,
     sample_quality,
     to_uint8,
 )
@@ -161,6 +172,7 @@ def _result_from_trainer(trainer: Any, parts: ImageParts) -> dict[str, Any]:
         result["stopped_early_at"] = trainer.extra["stopped_early"]
     if h.status == "diverged":
         result["diverged_at"] = h.diverged_at
+        result["diverged_reason"] = h.divergence_reason
     return result
 
 
@@ -172,16 +184,25 @@ def _write_history(run_dir: str, trainer: Any) -> None:
 
 
 def _run(config: ImageRunConfig, run_dir: str, dist: DistInfo, progress: bool) -> dict[str, Any]:
+    """Check the run directory and load the data before writing anything, then train and evaluate."""
     start = time.perf_counter()
-    if dist.is_main:
-        os.makedirs(run_dir, exist_ok=True)
-        write_json(os.path.join(run_dir, "config.json"), image_config_to_dict(config))
+    resolved = image_config_to_dict(config)
+    check_device_available(config.train.device)
+    check_reuse(run_dir, resolved, resolve=lambda raw: image_config_to_dict(parse_image_config(raw)))
     parts = build_image_parts(config, dist, verbose=progress)
+    if config.train.batch_size > parts.x_train.shape[0]:
+        raise ConfigError(
+            f"train.batch_size ({config.train.batch_size}) exceeds the {parts.x_train.shape[0]} training "
+            f"images of {config.data.name!r}"
+        )
     ev = config.eval
     net, feature_info, hook = None, {}, None
-    if dist.is_main and ev.enabled:
+    if dist.is_main and ev.enabled:  # a bad Inception file is an error before anything is written
         net, feature_info = feature_network(config, parts.train_data, parts.test_data, parts.device)
         hook = _tracking_hook(parts, run_dir, net if ev.n_track > 0 else None, feature_info.get("feature"))
+    if dist.is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        write_json(os.path.join(run_dir, "config.json"), resolved)
 
     def on_eval(records: list[dict]) -> None:
         write_log_csv(run_dir, records)
@@ -194,7 +215,7 @@ def _run(config: ImageRunConfig, run_dir: str, dist: DistInfo, progress: bool) -
     if result["status"] != "diverged" and ev.enabled:
         result.update(final_metrics(parts, trainer.ema_model(), run_dir, net, feature_info))
     result["seconds"] = round(time.perf_counter() - start, 3)
-    write_json(os.path.join(run_dir, "metrics.json"), result)
+    write_json(os.path.join(run_dir, "metrics.json"), {**result, "config_hash": config_hash(resolved)})
     return result
 
 
@@ -221,11 +242,17 @@ def sample_image_run(
     from difflab.data.images import dataset_shape
     from difflab.processes import build_process
 
+    if steps < 1 or n < 1:
+        raise ConfigError(f"sample needs --steps >= 1 and --n >= 1, got steps={steps}, n={n}")
     config = _load_config(run_dir)
     device = resolve_device(config.train.device)
     den = load_ema_denoiser(config, run_dir, device)
     process = build_process(config.process.name, **config.process.options)
     name = sampler or config.eval.sampler
+    try:
+        resolve_grid(process, steps, grid or config.eval.grid)
+    except ValueError as err:
+        raise ConfigError(f"--grid {grid or config.eval.grid} --steps {steps}: {err}") from None
     x, info = draw_image_samples(
         den,
         process,
@@ -239,7 +266,14 @@ def sample_image_run(
         batch=config.eval.batch,
         device=device,
     )
-    path = out or os.path.join(run_dir, f"samples_{name}_{info['sample_steps']}.npz")
+    if not bool(torch.isfinite(x).all()):
+        raise RunDirError(
+            f"{run_dir}: samples are not finite ({name}, {steps} steps); nothing written: try another "
+            "sampler or more steps"
+        )
+    default = f"samples_{name}_{info['sample_steps']}.npz"
+    path = os.path.join(out, default) if out and (os.path.isdir(out) or out.endswith(os.sep)) else out
+    path = path or os.path.join(run_dir, default)
     if not path.endswith(".npz"):
         path += ".npz"
     np.savez_compressed(path, samples=to_uint8(x))
@@ -255,7 +289,7 @@ def evaluate_image_run(run_dir: str) -> dict[str, Any]:
     """Recompute the final metrics of a trained run (EMA weights); also written to ``evaluation.json``."""
     config = _load_config(run_dir)
     parts = build_image_parts(config)
-    den = load_ema_denoiser(config, run_dir, parts.device)
+    den = load_ema_denoiser(config, run_dir, parts.device, finished=True)
     net, feature_info = feature_network(config, parts.train_data, parts.test_data, parts.device)
     metrics = final_metrics(parts, den, None, net, feature_info)
     write_json(os.path.join(run_dir, "evaluation.json"), metrics)

@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from difflab.experiments.common.configs import ConfigError
-from difflab.experiments.images.config import ImageRunConfig, image_total_steps
+from difflab.experiments.common.rundir import check_checkpoint_config, check_trained, load_checkpoint
+from difflab.experiments.images.config import ImageRunConfig, image_config_to_dict, image_total_steps
 from difflab.experiments.training.dist import (
     SINGLE_PROCESS,
     DistInfo,
@@ -179,6 +180,7 @@ def train_image_model(
         run_dir,
         forward_model=ddp_forward_model(parts, dist),
         write=dist.is_main,
+        identity=image_config_to_dict(cfg),
     )
     trainer.maybe_resume()
     bar = None
@@ -204,15 +206,18 @@ def checkpoint_path(run_dir: str) -> str:
     return os.path.join(run_dir, "checkpoint.pt")
 
 
-def load_ema_denoiser(config: ImageRunConfig, run_dir: str, device: torch.device) -> nn.Module:
-    """The run's denoiser carrying the EMA weights from ``run_dir/checkpoint.pt`` (eval mode)."""
+def load_ema_denoiser(
+    config: ImageRunConfig, run_dir: str, device: torch.device, finished: bool = False
+) -> nn.Module:
+    """The run's denoiser carrying the EMA weights from ``run_dir/checkpoint.pt`` (eval mode). RunDirError
+    for a corrupt checkpoint, one of another config, a diverged run, or (``finished``) an unfinished one."""
     from difflab.data.images import dataset_shape
     from difflab.processes import build_process
 
     path = checkpoint_path(run_dir)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint in {run_dir}: train the run first")
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = load_checkpoint(path, map_location=device)
+    check_checkpoint_config(state, image_config_to_dict(config), path)
+    check_trained(state, path, finished=finished)
     process = build_process(config.process.name, **config.process.options)
     unet = build_unet(config, dataset_shape(config.data.name)).to(
         device=device, dtype=model_dtype(config.train.precision)

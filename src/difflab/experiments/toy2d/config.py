@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from difflab.experiments.common.configs import ConfigError, parse_dataclass
+from difflab.experiments.common.configs import ConfigError, domain, param, parse_dataclass
 from difflab.parameterization import parse_target
 
 __all__ = ["ConfigError", "RunConfig", "natural_sampler", "parse_config", "total_steps"]
@@ -19,89 +19,93 @@ __all__ = ["ConfigError", "RunConfig", "natural_sampler", "parse_config", "total
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "mixture8"
-    n_train: int = 80_000
-    n_test: int = 20_000
-    seed: int = 0
-    root: str | None = None
+    name: str = param("mixture8", doc="2D data set (difflab.data.toy2d.TOY2D)")
+    n_train: int = param(80_000, ge=2, doc="training points")
+    n_test: int = param(20_000, ge=2, doc="held-out points (metrics, NELBO, NLL)")
+    seed: int = param(0, doc="seed of the data draw")
+    root: str | None = param(None, doc="unused by the 2D data sets")
 
 
 @dataclass(frozen=True)
 class ProcessConfig:
-    name: str = "trig_vp"
-    options: dict = field(default_factory=dict)
+    name: str = param("trig_vp", doc="forward process (difflab.processes.PROCESSES)")
+    options: dict = field(
+        default_factory=dict, metadata=domain("process options, e.g. {logsnr_max = 10} or {T = 1000}")
+    )
 
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    target: str = "eps"
-    weighting: str = "nelbo"
-    time_dist: str = "uniform"
-    norm: str = "l2"
-    options: dict = field(default_factory=dict)
+    target: str = param("eps", doc="network target: x0 | eps | v | score")
+    weighting: str = param("nelbo", doc="loss weighting w(lambda)")
+    time_dist: str = param("uniform", doc="training-time distribution")
+    norm: str = param("l2", doc="l2 | l1 | pseudo_huber")
+    options: dict = field(default_factory=dict, metadata=domain("objective options"))
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "mlp"  # "mlp" or "oracle" (the exact Bayes denoiser of a known law)
-    hidden: int = 256
-    layers: int = 4
-    time_embed: bool = True
-    embed_dim: int = 32
-    activation: str = "silu"
-    conditioning: str = "film"  # how the time embedding enters: "film" (scale-shift) or "concat"
-    input_scaling: bool = True
+    name: str = param("mlp", doc="mlp | oracle (the exact Bayes denoiser) | a baseline (toy2d.baselines)")
+    hidden: int = param(256, ge=1, doc="hidden width of the MLP")
+    layers: int = param(4, ge=1, doc="hidden layers of the MLP")
+    time_embed: bool = param(True, doc="sinusoidal time embedding (else raw t)")
+    embed_dim: int = param(32, ge=2, doc="time-embedding width (even)")
+    activation: str = param("silu", doc="activation function")
+    conditioning: str = param("film", doc="how the time embedding enters: film (scale-shift) | concat")
+    input_scaling: bool = param(True, doc="c_in scaling of the network input")
     # model-specific options of the non-diffusion baselines (difflab.experiments.toy2d.baselines), e.g.
     # num_categories, latent_dim, latent_dims, tau_start, tau_end, init_from_data, vlb_weight
-    options: dict = field(default_factory=dict)
+    options: dict = field(
+        default_factory=dict, metadata=domain("options of a baseline model (none for mlp / oracle)")
+    )
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 2000
-    epochs: float | None = None  # if set, overrides steps: epochs * n_train / batch_size
-    batch_size: int = 1024
-    lr: float = 2e-3
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    lr_schedule: str = "cosine"
-    warmup: int = 100
-    ema: float = 0.999
-    grad_clip: float = 1.0
-    seed: int = 0
-    checkpoint_every: int = 1000
-    log_every: int = 50
-    time_bins: int = 100
-    device: str = "cpu"
+    steps: int = param(2000, ge=1, doc="optimizer steps")
+    epochs: float | None = param(None, gt=0, doc="if set, overrides steps: epochs * n_train / batch_size")
+    batch_size: int = param(1024, ge=1, doc="minibatch size (at most data.n_train)")
+    lr: float = param(2e-3, gt=0, doc="peak learning rate")
+    optimizer: str = param("adam", doc="adam | adamw")
+    weight_decay: float = param(0.0, ge=0, doc="weight decay")
+    lr_schedule: str = param("cosine", doc="constant | cosine (after warm-up)")
+    warmup: int = param(100, ge=0, doc="linear warm-up steps")
+    ema: float = param(0.999, ge=0, lt=1, doc="EMA decay of the evaluated weights")
+    grad_clip: float = param(1.0, ge=0, doc="gradient-norm clip (0: off)")
+    seed: int = param(0, doc="seed of initialisation, minibatches, t and eps")
+    checkpoint_every: int = param(1000, ge=0, doc="steps between checkpoints (0: only at the end)")
+    log_every: int = param(50, ge=1, doc="steps per logged loss")
+    time_bins: int = param(100, ge=1, doc="bins of the loss-by-time curve")
+    device: str = param("cpu", doc="cpu | cuda | cuda:N")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    n_samples: int = 5000
-    sampler: str = "natural"  # "natural" = the target's own sampler (seed 000); or any samplers name
-    steps: int = 256
-    grid: str = "uniform_logsnr"
-    also_ancestral: bool = True
-    n_nelbo: int = 2000
-    nelbo_t_draws: int = 512  # MC part of the NELBO s.e. < 0.005 nats/dim on the default study (issue 9)
-    nll: bool = True
-    n_nll: int = 1000
-    nll_rtol: float = 1e-5
-    kde_bandwidth: str = "scott"
-    kde_n_eval: int = 5000
-    seed: int = 1234
+    n_samples: int = param(5000, ge=2, doc="samples drawn per sampler")
+    sampler: str = param("natural", doc="natural (the target's own sampler, seed 000) or a samplers name")
+    steps: int = param(256, ge=1, doc="sampler steps")
+    grid: str = param("uniform_logsnr", doc="time grid of the sampler")
+    also_ancestral: bool = param(True, doc="also draw with the ancestral sampler")
+    n_nelbo: int = param(2000, ge=1, doc="test points of the NELBO estimate")
+    nelbo_t_draws: int = param(512, ge=1, doc="t draws per NELBO point (MC s.e. < 0.005 nats/dim)")
+    nll: bool = param(True, doc="PF-ODE NLL of the test points")
+    n_nll: int = param(1000, ge=1, doc="test points of the PF-ODE NLL")
+    nll_rtol: float = param(1e-5, gt=0, le=1e-2, doc="dopri5 rtol = atol of the PF-ODE NLL")
+    kde_bandwidth: str = param("scott", choices=("scott", "silverman", "loo"), doc="KDE bandwidth rule")
+    kde_n_eval: int = param(5000, ge=1, doc="points at which the KDE is evaluated")
+    seed: int = param(1234, doc="seed of sampling and evaluation")
     # options of the chosen sampler, e.g. {snr = 0.16, n_corrector = 1} for "pc" (see difflab.samplers)
-    sampler_options: dict = field(default_factory=dict)
+    sampler_options: dict = field(default_factory=dict, metadata=domain("options of the chosen samplers"))
     # further samplers to draw and score (comma-separated names, e.g. "pc,ode_heun"); prefixed metric keys
-    also_samplers: str = ""
+    also_samplers: str = param("", doc="further samplers, comma-separated (e.g. 'pc,ode_heun')")
     # seed 003's fixed KDE bandwidth in *raw* (unscaled) data units (h = 0.1 there); adds kde_kl_h (+ floor)
-    kde_h_raw: float | None = None
+    kde_h_raw: float | None = param(None, gt=0, doc="fixed KDE bandwidth in raw data units (seed 003)")
     # per-mode sample fractions vs the true weights (mode_fractions.json in the run dir)
-    mode_fractions: bool = False
+    mode_fractions: bool = param(False, doc="per-mode sample fractions vs the true weights")
     # E|s_theta - grad log p_t|^2 against t from the exact score of the law (score_error.json)
-    score_error: bool = False
-    score_error_n: int = 2000
-    score_error_bins: int = 40
+    score_error: bool = param(False, doc="score error against t from the exact score (score_error.json)")
+    score_error_n: int = param(2000, ge=1, doc="points per time of the score error")
+    score_error_bins: int = param(40, ge=1, doc="times of the score-error curve")
 
     def sampler_names(self, target: str) -> list[str]:
         """Every sampler the run draws with: eval.sampler (the target's natural one for "natural"), then

@@ -15,6 +15,7 @@ import numpy as np
 from difflab.experiments.common import figures as plots
 from difflab.experiments.common.rundir import read_json, run_dirs
 from difflab.experiments.study.report import ReportSpec, metric_names
+from difflab.experiments.toy2d.config import ConfigError, config_to_dict, parse_config
 from difflab.experiments.toy2d.evaluate import POINTWISE_PREFIX
 
 # Columns of the report (in order) and of the terminal table, with their directions.
@@ -154,6 +155,10 @@ def _runs_by_dataset(rows: Sequence[Mapping[str, Any]], out: str) -> dict[str, l
     by_data: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         cfg = read_json(os.path.join(dirs.get(row["run_id"], ""), "config.json"))
+        try:  # a run refused before it ran still has the study's partial config: fill in the defaults
+            cfg = config_to_dict(parse_config(cfg)) if isinstance(cfg, dict) else None
+        except ConfigError:
+            cfg = None
         if cfg is not None:
             by_data[cfg["data"]["name"]].append({"row": row, "cfg": cfg, "dir": dirs[row["run_id"]]})
     return by_data

@@ -15,11 +15,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from difflab.experiments.common.configs import ConfigError
-from difflab.experiments.common.rundir import RunDirError, read_config, write_json
+from difflab.experiments.common.configs import ConfigError, check_device_available, check_process_range
+from difflab.experiments.common.rundir import (
+    RunDirError,
+    check_reuse,
+    check_trained,
+    config_hash,
+    read_config,
+    write_json,
+)
 from difflab.experiments.toy2d.baselines import check_baseline_config, run_baseline
 from difflab.experiments.toy2d.build import DIFFUSION_MODELS, RunParts, build_run_parts, check_names
-from difflab.experiments.toy2d.config import RunConfig, config_to_dict, parse_config, total_steps
+from difflab.experiments.toy2d.config import RunConfig, config_to_dict, parse_config
 from difflab.experiments.toy2d.evaluate import NoGradDenoiser, draw_samples, evaluate_run
 from difflab.experiments.training.trainer import Trainer
 from difflab.registry import UnknownNameError
@@ -36,12 +43,29 @@ def validate_config(data: dict | RunConfig) -> RunConfig:
         raise
     except (UnknownNameError, ValueError) as err:  # bad names, options or ranges of the parts
         raise ConfigError(str(err)) from None
-    tr = config.train
-    if tr.batch_size < 1 or total_steps(config) < 1 or tr.lr <= 0:
-        raise ConfigError("train.batch_size, train.steps and train.lr must be positive")
-    if not 0.0 <= tr.ema < 1.0:
-        raise ConfigError(f"train.ema must lie in [0, 1), got {tr.ema}")
+    check_process_range(process)
+    _check_cross_fields(config)
     return config
+
+
+def _check_cross_fields(config: RunConfig) -> None:
+    """Rules between fields (each field's own range is in its schema): values that would be clamped or
+    ignored in the run are errors here."""
+    tr, m, data = config.train, config.model, config.data
+    if tr.epochs is not None and round(tr.epochs * data.n_train / tr.batch_size) < 1:
+        raise ConfigError(
+            f"train.epochs = {tr.epochs:g} gives {tr.epochs * data.n_train / tr.batch_size:.3g} steps "
+            f"(n_train {data.n_train}, batch_size {tr.batch_size}); need at least one step"
+        )
+    if tr.batch_size > data.n_train and m.name in DIFFUSION_MODELS:
+        raise ConfigError(f"train.batch_size ({tr.batch_size}) exceeds data.n_train ({data.n_train})")
+    if m.name in DIFFUSION_MODELS and m.options:
+        raise ConfigError(
+            f"model.options {sorted(m.options)} would be ignored: model {m.name!r} takes no options "
+            "(they are for the baselines)"
+        )
+    if m.embed_dim < 4 or m.embed_dim % 2:
+        raise ConfigError(f"model.embed_dim must be an even number >= 4, got {m.embed_dim}")
 
 
 def _progress_bar(total: int, initial: int, desc: str):
@@ -57,15 +81,24 @@ def _progress_bar(total: int, initial: int, desc: str):
     return callback
 
 
-def train_run(config: RunConfig, run_dir: str | None, progress: bool = False):
-    """Build and train a run (resuming from run_dir/checkpoint.pt if present). Returns (parts, trainer)."""
-    parts = build_run_parts(config)
+def train_run(config: RunConfig, run_dir: str | None, progress: bool = False, parts: RunParts | None = None):
+    """Build (unless ``parts`` are given) and train a run, resuming from run_dir/checkpoint.pt if present
+    (RunDirError if that checkpoint came from another config). Returns (parts, trainer)."""
+    parts = parts if parts is not None else build_run_parts(config)
     trainer = None
     if parts.trainable:
         device = torch.device(config.train.device)
         parts.denoiser.to(device)
         x_train = parts.data.train.to(torch.float32).to(device)
-        trainer = Trainer(parts.denoiser, parts.objective, x_train, config.train, parts.total_steps, run_dir)
+        trainer = Trainer(
+            parts.denoiser,
+            parts.objective,
+            x_train,
+            config.train,
+            parts.total_steps,
+            run_dir,
+            identity=config_to_dict(config),
+        )
         trainer.maybe_resume()
         callback = (
             _progress_bar(parts.total_steps, trainer.step, config.label or "train") if progress else None
@@ -90,22 +123,31 @@ def _write_history(run_dir: str, trainer: Trainer) -> dict[str, Any]:
 
 
 def run_experiment(config_dict: dict, run_dir: str, progress: bool = False) -> dict[str, Any]:
-    """Train and evaluate one run; the study engine's run function. Returns metrics and a status."""
+    """Train and evaluate one run; the study engine's run function. Returns metrics and a status.
+
+    Nothing is written before the checks pass: RunDirError if ``run_dir`` holds a run of another config
+    (:func:`~difflab.experiments.common.rundir.check_reuse`; a study never resumes such weights)."""
     config = validate_config(config_dict)
+    resolved = config_to_dict(config)
+    check_device_available(config.train.device)
+    check_reuse(run_dir, resolved, resolve=lambda raw: config_to_dict(parse_config(raw)))
+    parts = build_run_parts(config) if config.model.name in DIFFUSION_MODELS else None
     os.makedirs(run_dir, exist_ok=True)
-    write_json(os.path.join(run_dir, "config.json"), config_to_dict(config))
-    if config.model.name not in DIFFUSION_MODELS:  # VAE-family, learned-variance DDPM, the "truth" floor row
+    write_json(os.path.join(run_dir, "config.json"), resolved)
+    if parts is None:  # VAE-family, learned-variance DDPM, the "truth" floor row
         return run_baseline(config, run_dir)
     start = time.perf_counter()
-    parts, trainer = train_run(config, run_dir, progress=progress)
+    parts, trainer = train_run(config, run_dir, progress=progress, parts=parts)
     result: dict[str, Any] = {"status": "finished", "steps": 0}
+    stamp = {"config_hash": config_hash(resolved)}  # metrics.json names the config that made it
     denoiser = parts.denoiser
     if trainer is not None:
         result.update(_write_history(run_dir, trainer))
         if trainer.history.status == "diverged":
-            result.update(status="diverged", diverged_at=trainer.history.diverged_at)
+            h = trainer.history
+            result.update(status="diverged", diverged_at=h.diverged_at, diverged_reason=h.divergence_reason)
             result["seconds"] = round(time.perf_counter() - start, 3)
-            write_json(os.path.join(run_dir, "metrics.json"), result)
+            write_json(os.path.join(run_dir, "metrics.json"), {**result, **stamp})
             return result
         denoiser = trainer.ema_model().cpu()  # 2D evaluation runs on the CPU
     metrics, samples = evaluate_run(parts, denoiser)
@@ -116,24 +158,43 @@ def run_experiment(config_dict: dict, run_dir: str, progress: bool = False) -> d
         result.update(write_score_error(parts, denoiser, run_dir))
     np.savez_compressed(os.path.join(run_dir, "samples.npz"), **samples)
     result["seconds"] = round(time.perf_counter() - start, 3)
-    write_json(os.path.join(run_dir, "metrics.json"), result)
+    write_json(os.path.join(run_dir, "metrics.json"), {**result, **stamp})
     return result
 
 
-def load_trained(run_dir: str) -> tuple[RunParts, Any]:
-    """The parts of a finished diffusion run and its EMA denoiser (on the CPU), from the run directory."""
+def load_trained(run_dir: str, finished: bool = False) -> tuple[RunParts, Any, str]:
+    """The parts of a trained diffusion run, its EMA denoiser (on the CPU) and a note ("" or "(an unfinished
+    run: step k of N)"), from the run directory. RunDirError for a missing or corrupt checkpoint, one made by
+    a config other than ``config.json``, a diverged run, or (``finished``) an unfinished one."""
     config = validate_config(read_config(run_dir))
     if config.model.name not in DIFFUSION_MODELS:
         raise RunDirError(f"{run_dir}: model {config.model.name!r} is a baseline; only diffusion runs load")
     parts = build_run_parts(config)
     if not parts.trainable:
-        return parts, parts.denoiser
+        return parts, parts.denoiser, ""
     trainer = Trainer(
-        parts.denoiser, parts.objective, parts.data.train, config.train, parts.total_steps, run_dir
+        parts.denoiser,
+        parts.objective,
+        parts.data.train,
+        config.train,
+        parts.total_steps,
+        run_dir,
+        identity=config_to_dict(config),
     )
     if not trainer.maybe_resume():
         raise RunDirError(f"no checkpoint in {run_dir}: train it first")
-    return parts, trainer.ema_model().cpu()
+    note = check_trained(trainer.state_dict(), os.path.join(run_dir, "checkpoint.pt"), finished=finished)
+    return parts, trainer.ema_model().cpu(), note
+
+
+def sample_path(run_dir: str, out: str | None, default_name: str) -> str:
+    """Where ``difflab sample`` writes: ``out`` (``.npz`` appended if missing; a directory gets
+    ``default_name`` inside it), else ``run_dir/default_name``."""
+    if out is None:
+        return os.path.join(run_dir, default_name)
+    if os.path.isdir(out) or out.endswith(os.sep):
+        return os.path.join(out, default_name)
+    return out if out.endswith(".npz") else f"{out}.npz"
 
 
 def sample_run(
@@ -146,21 +207,37 @@ def sample_run(
     grid: str | None = None,
     options: dict[str, Any] | None = None,
 ) -> str:
-    """Draw ``n`` samples from a finished run into an .npz (``samples``); returns a one-line summary."""
-    parts, denoiser = load_trained(run_dir)
+    """Draw ``n`` samples from a trained run into an .npz (``samples``); returns a one-line summary.
+    ConfigError for a grid the process cannot use; RunDirError (nothing written) if the samples are not
+    finite."""
+    from difflab.samplers import time_grid
+
+    if steps < 1 or n < 1:
+        raise ConfigError(f"sample needs --steps >= 1 and --n >= 1, got steps={steps}, n={n}")
+    parts, denoiser, note = load_trained(run_dir)
     ev = parts.config.eval
     sampler_options = {**ev.sampler_options, **(options or {})}
     ev = dataclasses.replace(ev, steps=steps, grid=grid or ev.grid, sampler_options=sampler_options)
     parts.config = dataclasses.replace(parts.config, eval=ev)
     sampler = sampler or ev.sampler_names(parts.config.objective.target)[0]
+    try:
+        time_grid(parts.process, steps, ev.grid)
+    except ValueError as err:
+        raise ConfigError(f"--grid {ev.grid} --steps {steps}: {err}") from None
     x, nfe = draw_samples(parts, NoGradDenoiser(denoiser), sampler, n, seed)
-    out = out or os.path.join(run_dir, f"samples_{sampler}_{steps}.npz")
-    np.savez_compressed(out, samples=x)
-    return f"wrote {len(x)} samples ({sampler}, {steps} steps, NFE {nfe}) to {out}"
+    if not np.isfinite(x).all():
+        raise RunDirError(
+            f"{run_dir}: {int((~np.isfinite(x).any(axis=1)).sum())} of {len(x)} samples are not finite "
+            f"({sampler}, {steps} steps); nothing written: try another sampler or more steps"
+        )
+    path = sample_path(run_dir, out, f"samples_{sampler}_{steps}.npz")
+    np.savez_compressed(path, samples=x)
+    return f"wrote {len(x)} samples ({sampler}, {steps} steps, NFE {nfe}) to {path}{note}"
 
 
 def evaluate_saved_run(run_dir: str) -> dict[str, Any]:
-    """Re-evaluate a finished diffusion run from its directory (same seeds: the recorded metrics)."""
-    parts, denoiser = load_trained(run_dir)
+    """Re-evaluate a finished diffusion run from its directory (same seeds: the recorded metrics).
+    RunDirError for an unfinished or diverged run."""
+    parts, denoiser, _ = load_trained(run_dir, finished=True)
     metrics, _ = evaluate_run(parts, denoiser)
     return metrics

@@ -5,6 +5,17 @@ Common random numbers and exact resume come from one rule: every random draw of 
 comes from a generator seeded by (seed, k) alone. Two arms with the same seed therefore see the same data
 order, the same t and the same eps at every step, and a run resumed from a checkpoint at step k draws exactly
 what the uninterrupted run would have drawn.
+
+Divergence (a result, not a crash): a step whose loss or gradient norm is not finite, or a blow-up that is
+still finite (``lr = 10`` reaches losses of 4e9): the loss smoothed by an EMA over ~20 steps,
+``m_k = 0.95 m_{k-1} + 0.05 l_k``, staying above ``DIVERGENCE_RATIO`` (100) times its running minimum for
+``window = min(50, max(5, total_steps // 10))`` consecutive steps. The run stops with status "diverged" and
+``diverged_at`` = the first step of that excursion (a run that ends inside an excursion of 3 or more steps,
+shorter than the window only because the run ended, diverged too). Losses are weighted squared errors
+(non-negative), so the ratio test is skipped while the running minimum is not positive.
+
+Checkpoints carry the caller's config identity (``identity``, see
+:func:`difflab.experiments.common.rundir.config_hash`); resuming under another config is refused.
 """
 
 from __future__ import annotations
@@ -18,6 +29,13 @@ from typing import Protocol
 
 import torch
 from torch import Tensor, nn
+
+from difflab.experiments.common.rundir import (
+    check_checkpoint_config,
+    config_hash,
+    load_checkpoint,
+    save_atomic,
+)
 
 
 class TrainerSettings(Protocol):
@@ -104,6 +122,11 @@ class TrainHistory:
     status: str = "running"
     diverged_at: int | None = None
     seconds: float = 0.0
+    # divergence detector state (saved, so a resumed run detects exactly as the uninterrupted one)
+    smoothed: float | None = None
+    smoothed_min: float | None = None
+    excursion_start: int | None = None
+    divergence_reason: str | None = None
 
     def loss_by_time(self) -> tuple[list[float], list[float]]:
         """(bin centres, mean loss per bin); empty bins are NaN."""
@@ -124,8 +147,16 @@ class Trainer:
     objective instead of ``denoiser`` (e.g. the same denoiser whose network is wrapped in
     DistributedDataParallel, sharing its parameters); ``write=False`` never writes checkpoints (ranks other
     than 0); ``extra`` is a dict of caller state (validation history, early stopping) saved in and restored
-    from the checkpoint with everything else.
+    from the checkpoint with everything else; ``identity`` is the resolved config (``to_dict`` form) whose
+    identity and hash the checkpoint records and a resumed checkpoint must match.
     """
+
+    #: smoothed loss above this multiple of its running minimum counts towards divergence
+    DIVERGENCE_RATIO = 100.0
+    #: an excursion still running at the last step counts as divergence from this many steps on
+    END_EXCURSION = 3
+    #: EMA coefficient of the smoothed loss (horizon ~ 1 / (1 - 0.95) = 20 steps)
+    SMOOTHING = 0.95
 
     def __init__(
         self,
@@ -137,8 +168,10 @@ class Trainer:
         run_dir: str | None = None,
         forward_model: nn.Module | None = None,
         write: bool = True,
+        identity: dict | None = None,
     ) -> None:
         self.denoiser = denoiser
+        self.identity = identity
         self.forward_model = forward_model if forward_model is not None else denoiser
         self.write = write
         self.extra: dict = {}
@@ -164,6 +197,7 @@ class Trainer:
         n = x_train.shape[0]
         self.batch_size = min(config.batch_size, n)
         self.steps_per_epoch = max(1, n // self.batch_size)
+        self.divergence_window = min(50, max(5, total_steps // 10))
 
     # --- randomness ----------------------------------------------------------------------------------
     def batch_indices(self, step: int) -> Tensor:
@@ -196,8 +230,18 @@ class Trainer:
                 "status": h.status,
                 "diverged_at": h.diverged_at,
                 "seconds": h.seconds,
+                "smoothed": h.smoothed,
+                "smoothed_min": h.smoothed_min,
+                "excursion_start": h.excursion_start,
+                "divergence_reason": h.divergence_reason,
             },
             "extra": self.extra,
+            "total_steps": self.total_steps,
+            **(
+                {"config": self.identity, "config_hash": config_hash(self.identity)}
+                if self.identity is not None
+                else {}
+            ),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -210,20 +254,52 @@ class Trainer:
         self.extra = dict(state.get("extra", {}))
 
     def save_checkpoint(self) -> None:
+        """Write ``checkpoint.pt`` atomically (a failed write leaves no temporary file: RunDirError)."""
         path = self.checkpoint_path
         if path is None or not self.write:
             return
-        tmp = path + ".tmp"
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        state = self.state_dict()
+        save_atomic(path, lambda tmp: torch.save(state, tmp))
 
     def maybe_resume(self) -> bool:
-        """Load the run directory's checkpoint if there is one; returns whether it did."""
+        """Load the run directory's checkpoint if there is one; returns whether it did. RunDirError if it is
+        corrupt, or (with ``identity``) was made by another config."""
         path = self.checkpoint_path
         if path is None or not os.path.exists(path):
             return False
         device = next(self.denoiser.parameters()).device
-        self.load_state_dict(torch.load(path, weights_only=False, map_location=device))
+        state = load_checkpoint(path, map_location=device)
+        if self.identity is not None:
+            check_checkpoint_config(state, self.identity, path)
+        self.load_state_dict(state)
+        return True
+
+    # --- divergence ----------------------------------------------------------------------------------
+    def _diverged(self, step: int, loss: float, grad_norm: float | None) -> bool:
+        """Update the detector with step ``step``; True (status set) once the run has diverged."""
+        h = self.history
+        reason = None
+        if not math.isfinite(loss):
+            reason, first = f"non-finite loss {loss}", step
+        elif grad_norm is not None and not math.isfinite(grad_norm):
+            reason, first = f"non-finite gradient norm {grad_norm}", step
+        else:
+            d = self.SMOOTHING
+            h.smoothed = loss if h.smoothed is None else d * h.smoothed + (1 - d) * loss
+            h.smoothed_min = h.smoothed if h.smoothed_min is None else min(h.smoothed_min, h.smoothed)
+            if h.smoothed_min > 0 and h.smoothed > self.DIVERGENCE_RATIO * h.smoothed_min:
+                h.excursion_start = step if h.excursion_start is None else h.excursion_start
+            else:
+                h.excursion_start = None
+            first = h.excursion_start
+            if first is not None and step - first + 1 >= self.divergence_window:
+                reason = (
+                    f"smoothed loss {h.smoothed:.4g} above {self.DIVERGENCE_RATIO:g} x its minimum "
+                    f"{h.smoothed_min:.4g} for {step - first + 1} steps"
+                )
+        if reason is None:
+            return False
+        h.status, h.diverged_at, h.divergence_reason = "diverged", first, reason
         return True
 
     # --- training ------------------------------------------------------------------------------------
@@ -240,9 +316,7 @@ class Trainer:
         model = self.denoiser
         model.train()
         self.forward_model.train()
-        n_bins = cfg.time_bins
-        running = torch.zeros((), dtype=torch.float64)
-        running_n = 0
+        running, running_n = 0.0, 0
         start = time.perf_counter() - h.seconds
         stop = self.total_steps if until is None else min(until, self.total_steps)
         while self.step < stop:
@@ -252,30 +326,27 @@ class Trainer:
             x0 = self.x_train[self.batch_indices(step)]
             out = self.objective(self.forward_model, x0, generator=step_generator(cfg.seed, step))
             loss = out.loss.mean()
-            if not torch.isfinite(loss):
-                h.status = "diverged"
-                h.diverged_at = step
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                self._diverged(step, loss_value, None)
                 break
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self._all_params, cfg.grad_clip, foreach=True)
+            clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf  # inf: the norm only, no clipping
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self._all_params, clip, foreach=True))
+            if self._diverged(step, loss_value, grad_norm):
+                break
             self.optimizer.step()
             self.ema.update(self._all_params, step)
-            with torch.no_grad():
-                per_example = out.loss.detach().to(torch.float64).cpu()
-                bins = torch.clamp((out.t.detach().to(torch.float64).cpu() * n_bins).long(), 0, n_bins - 1)
-                h.time_bin_sum.index_add_(0, bins, per_example)
-                h.time_bin_count.index_add_(0, bins, torch.ones_like(per_example))
-                running += loss.detach().to(torch.float64).cpu()
-                running_n += 1
+            self._record_by_time(out)
+            running += loss_value
+            running_n += 1
             self.step += 1
             logged = self.step % cfg.log_every == 0 or self.step == self.total_steps
             if logged:
                 h.steps.append(self.step)
-                h.loss.append(float(running) / max(1, running_n))
-                running.zero_()
-                running_n = 0
+                h.loss.append(running / max(1, running_n))
+                running, running_n = 0.0, 0
             if cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0:
                 h.seconds = time.perf_counter() - start
                 self.save_checkpoint()
@@ -283,9 +354,33 @@ class Trainer:
                 progress(self.step, h.loss[-1])
         h.seconds = time.perf_counter() - start
         if h.status == "running" and self.step >= self.total_steps:
-            h.status = "finished"
+            h.status = "finished" if not self._ends_in_blow_up() else "diverged"
         self.save_checkpoint()
         return h
+
+    def _ends_in_blow_up(self) -> bool:
+        """A run that ends inside an excursion of at least ``END_EXCURSION`` steps (shorter than the window
+        only because the run ended) diverged too."""
+        h = self.history
+        if h.excursion_start is None or self.step - h.excursion_start < self.END_EXCURSION:
+            return False
+        h.diverged_at = h.excursion_start
+        h.divergence_reason = (
+            f"smoothed loss {h.smoothed:.4g} above {self.DIVERGENCE_RATIO:g} x its minimum "
+            f"{h.smoothed_min:.4g} for the last {self.step - h.excursion_start} steps"
+        )
+        return True
+
+    @torch.no_grad()
+    def _record_by_time(self, out: object) -> None:
+        """Add the per-example losses of a step to their time bins (the loss-by-time curve)."""
+        h, n_bins = self.history, self.config.time_bins
+        assert h.time_bin_sum is not None and h.time_bin_count is not None
+        per_example = out.loss.detach().to(torch.float64).cpu()  # type: ignore[attr-defined]
+        t = out.t.detach().to(torch.float64).cpu()  # type: ignore[attr-defined]
+        bins = torch.clamp((t * n_bins).long(), 0, n_bins - 1)
+        h.time_bin_sum.index_add_(0, bins, per_example)
+        h.time_bin_count.index_add_(0, bins, torch.ones_like(per_example))
 
     def ema_model(self) -> nn.Module:
         """A copy of the denoiser carrying the EMA weights (for sampling and evaluation)."""
