@@ -52,7 +52,7 @@ TOY_BAD = [
     ('eval.kde_bandwidth="foo"', "eval.kde_bandwidth: expected one of scott, silverman, loo, got 'foo'"),
     ("model.options.latent_dim=3", "model.options ['latent_dim'] would be ignored: model 'mlp'"),
     ("process.options.logsnr_max=1e6", "log sigma_t = -inf at t = 0"),
-    ("process.name=ou process.options.horizon=1e4", "OrnsteinUhlenbeck(t_min=0.002, t_max=1, horizon=10000)"),
+    ("process.name=ou process.options.horizon=1e4", "t_max=1, horizon=10000) is unusable"),
     ("process.name=linear_vp process.options.beta_max=1e5", "beta_max=100000) is unusable: log alpha_t"),
     ("process.name=ddpm process.options.T=1", "T (steps of the DDPM chain) must be >= 2, got 1"),
 ]
