@@ -146,7 +146,8 @@ def execute_run(run_fn: RunFn, spec: RunSpec, runs_dir: str) -> dict[str, Any] |
         previous = read_record(run_dir)
         if previous is not None and previous.get("status") in DONE_STATUSES:
             return {"run_id": spec.run_id, "status": ALREADY_DONE}
-        write_json_atomic(run_dir / "config.json", spec.config)
+        if not (run_dir / "config.json").exists():  # an existing one is the run's: its kind checks reuse
+            write_json_atomic(run_dir / "config.json", spec.config)
         checkpoint = "yes" if (run_dir / "checkpoint.pt").exists() else "no"
         taken = f" took_over={describe(claim.took_over)}" if claim.took_over else ""
         _log(run_dir, f"start host={claim.owner['host']} pid={os.getpid()} checkpoint={checkpoint}{taken}")
