@@ -213,8 +213,9 @@ def _find_file(base: str, dirs: list[Path], allow_gz: bool) -> Path | None:
     return None
 
 
-def _missing_error(name: str, split: str, missing: list[str], expected: tuple[str, ...], dirs: list[Path],
-                   note: str) -> DatasetNotFoundError:
+def _missing_error(
+    name: str, split: str, missing: list[str], expected: tuple[str, ...], dirs: list[Path], note: str
+) -> DatasetNotFoundError:
     searched = ", ".join(str(d) for d in dirs)
     return DatasetNotFoundError(
         f"{name} ({split} split): missing file(s) {', '.join(missing)}; expected files {', '.join(expected)}"
@@ -279,9 +280,7 @@ def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             f"expected (N, 3072) uint8"
         )
     if labels.ndim != 1 or labels.shape[0] != data.shape[0]:
-        raise DatasetError(
-            f"corrupt CIFAR-10 batch {path}: {labels.shape} labels for {data.shape[0]} images"
-        )
+        raise DatasetError(f"corrupt CIFAR-10 batch {path}: {labels.shape} labels for {data.shape[0]} images")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise DatasetError(f"corrupt CIFAR-10 batch {path}: labels outside 0..9")
     return data, labels.astype(np.int64)

@@ -12,4 +12,3 @@ from difflab.likelihood.elbo import to_bits_per_dim as to_bits_per_dim
 from difflab.likelihood.pf_ode import LikelihoodResult as LikelihoodResult
 from difflab.likelihood.pf_ode import bits_per_dim as bits_per_dim
 from difflab.likelihood.pf_ode import pf_ode_log_likelihood as pf_ode_log_likelihood
-

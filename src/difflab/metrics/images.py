@@ -179,8 +179,9 @@ def inception_score_from_logits(logits: ArrayLike, splits: int = 10) -> tuple[fl
 
 
 @torch.no_grad()
-def extract_features(network: nn.Module, images: Tensor, batch_size: int = 256,
-                     device: str | torch.device | None = None) -> tuple[Tensor, Tensor | None]:
+def extract_features(
+    network: nn.Module, images: Tensor, batch_size: int = 256, device: str | torch.device | None = None
+) -> tuple[Tensor, Tensor | None]:
     """Run ``network`` over ``images`` in batches (eval mode) and return float64 CPU ``(features, logits)``.
 
     Uses ``network.features_and_logits(x)`` if present, else ``network.features(x)`` and ``network(x)``;
@@ -240,8 +241,13 @@ class ImageMetrics:
     ``ImageMetrics(classifier).compute(real, fake)`` gives the same dict as :func:`compute_image_metrics`.
     """
 
-    def __init__(self, classifier: nn.Module, batch_size: int = 256, device: str | torch.device | None = None,
-                 feature_name: str | None = None) -> None:
+    def __init__(
+        self,
+        classifier: nn.Module,
+        batch_size: int = 256,
+        device: str | torch.device | None = None,
+        feature_name: str | None = None,
+    ) -> None:
         self.classifier = classifier
         self.batch_size = batch_size
         self.device = device
@@ -257,8 +263,16 @@ class ImageMetrics:
             self._real, self._real_version = real, real._version
         return self._real_feats
 
-    def compute(self, real: Tensor, fake: Tensor, *, is_splits: int = 10, kid_subsets: int = 100,
-                kid_subset_size: int = 1000, seed: int = 0) -> dict[str, Any]:
+    def compute(
+        self,
+        real: Tensor,
+        fake: Tensor,
+        *,
+        is_splits: int = 10,
+        kid_subsets: int = 100,
+        kid_subset_size: int = 1000,
+        seed: int = 0,
+    ) -> dict[str, Any]:
         """See :func:`compute_image_metrics`."""
         f_real = self._real_features(real)
         f_fake, logits_fake = extract_features(self.classifier, fake, self.batch_size, self.device)
@@ -268,8 +282,15 @@ class ImageMetrics:
             is_mean, is_std = inception_score_from_logits(logits_fake, min(is_splits, logits_fake.shape[0]))
         else:
             is_mean = is_std = float("nan")
-        out.update({"is": is_mean, "is_std": is_std, "n_real": int(real.shape[0]),
-                    "n_fake": int(fake.shape[0]), "feature": self.feature})
+        out.update(
+            {
+                "is": is_mean,
+                "is_std": is_std,
+                "n_real": int(real.shape[0]),
+                "n_fake": int(fake.shape[0]),
+                "feature": self.feature,
+            }
+        )
         return out
 
 

@@ -45,16 +45,31 @@ class FeatureClassifier(nn.Module):
         name: label used in metric reports (``"classifier:<name>"``); set by :func:`load_or_train_classifier`.
     """
 
-    def __init__(self, in_channels: int, image_size: int | tuple[int, int], num_classes: int = 10,
-                 feature_dim: int = 128, width: int = 32) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: int | tuple[int, int],
+        num_classes: int = 10,
+        feature_dim: int = 128,
+        width: int = 32,
+    ) -> None:
         super().__init__()
         h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-        self.config = {"in_channels": in_channels, "image_size": [h, w], "num_classes": num_classes,
-                       "feature_dim": feature_dim, "width": width}
+        self.config = {
+            "in_channels": in_channels,
+            "image_size": [h, w],
+            "num_classes": num_classes,
+            "feature_dim": feature_dim,
+            "width": width,
+        }
         self.name = "unnamed"
         self.conv = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         flat = 2 * width * (h // 4) * (w // 4)
         if flat == 0:
@@ -81,8 +96,13 @@ class FeatureClassifier(nn.Module):
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 512,
-                      device: str | torch.device = "cpu") -> float:
+def evaluate_accuracy(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    batch_size: int = 512,
+    device: str | torch.device = "cpu",
+) -> float:
     """Top-1 accuracy of ``model`` on ``(images, labels)`` (evaluation mode, no gradients)."""
     was_training = model.training
     model.eval()
@@ -181,26 +201,41 @@ def load_or_train_classifier(
     The model's ``name`` attribute is set to ``dataset_name``.
     """
     train, test = _pair(train), _pair(test)
-    settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "feature_dim": feature_dim,
-                "seed": seed}
+    settings = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "feature_dim": feature_dim,
+        "seed": seed,
+    }
     key = hashlib.sha256(
-        json.dumps({"name": dataset_name, "data": _data_fingerprint(*train, *test), **settings},
-                   sort_keys=True).encode()
+        json.dumps(
+            {"name": dataset_name, "data": _data_fingerprint(*train, *test), **settings}, sort_keys=True
+        ).encode()
     ).hexdigest()[:16]
     path = Path(cache_dir) / f"classifier_{dataset_name}_{key}.pt"
     if path.is_file():
         blob = torch.load(path, map_location="cpu", weights_only=True)
         cfg = blob["config"]
-        model = FeatureClassifier(cfg["in_channels"], tuple(cfg["image_size"]), cfg["num_classes"],
-                                  cfg["feature_dim"], cfg["width"])
+        model = FeatureClassifier(
+            cfg["in_channels"], tuple(cfg["image_size"]), cfg["num_classes"], cfg["feature_dim"], cfg["width"]
+        )
         model.load_state_dict(blob["state_dict"])
         model.to(device).eval()
         acc = float(blob["test_accuracy"])
         if verbose:
             print(f"loaded cached {dataset_name} feature classifier from {path} (test accuracy {acc:.4f})")
     else:
-        model, acc = train_classifier(*train, *test, epochs=epochs, batch_size=batch_size, lr=lr,
-                                      feature_dim=feature_dim, seed=seed, device=device)
+        model, acc = train_classifier(
+            *train,
+            *test,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            feature_dim=feature_dim,
+            seed=seed,
+            device=device,
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -55,8 +55,9 @@ class ResBlock(nn.Module):
     """Residual block: ``h = Conv(SiLU(GN(x)))``; ``h = GN(h + Linear(SiLU(emb)))`` (or
     ``GN(h) * (1 + scale) + shift``); ``h = Conv(Dropout(SiLU(h)))``; returns ``skip(x) + h``."""
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, groups: int,
-                 scale_shift: bool) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, groups: int, scale_shift: bool
+    ) -> None:
         super().__init__()
         self.scale_shift = scale_shift
         self.norm1 = _norm(in_ch, groups)
@@ -183,18 +184,21 @@ class UNet(nn.Module):
                 skip_chs.append(ch)
                 res //= 2
 
-        self.mid = nn.ModuleList([
-            ResBlock(ch, ch, emb_dim, dropout, groups, scale_shift),
-            AttnBlock(ch, num_heads, groups),
-            ResBlock(ch, ch, emb_dim, dropout, groups, scale_shift),
-        ])
+        self.mid = nn.ModuleList(
+            [
+                ResBlock(ch, ch, emb_dim, dropout, groups, scale_shift),
+                AttnBlock(ch, num_heads, groups),
+                ResBlock(ch, ch, emb_dim, dropout, groups, scale_shift),
+            ]
+        )
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(self.channel_mults))):
             out_ch = channels * mult
             for i in range(num_res_blocks + 1):
-                blocks = nn.ModuleList([ResBlock(ch + skip_chs.pop(), out_ch, emb_dim, dropout, groups,
-                                                 scale_shift)])
+                blocks = nn.ModuleList(
+                    [ResBlock(ch + skip_chs.pop(), out_ch, emb_dim, dropout, groups, scale_shift)]
+                )
                 ch = out_ch
                 if res in self.attn_resolutions:
                     blocks.append(AttnBlock(ch, num_heads, groups))

@@ -73,6 +73,12 @@ class TrainConfig:
     log_every: int = 50
     time_bins: int = 100
     device: str = "cpu"
+    # the budget rule (difflab.experiments.study.convergence): double train.steps, resuming from the
+    # checkpoint, until the curve's verdict is "converged" or 2 * steps would exceed train.max_steps.
+    # Needs lr_schedule = "constant" (warm-up, then constant: the schedule of the first S steps does not
+    # depend on the final budget, so a doubled run is bit-identical to an uninterrupted run of 2S steps)
+    until_converged: bool = False
+    max_steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,17 @@ class EvalConfig:
     score_error: bool = False
     score_error_n: int = 2000
     score_error_bins: int = 40
+    # learning curve (difflab.experiments.toy2d.curves): 0 (none) or 4m + 1 log-spaced points from 1/16 of
+    # the budget to the end (m per doubling), on the first curve_n test points; PF-ODE tolerance curve_rtol;
+    # sliced W2 of curve_n_samples samples (0: none; curve_sample_steps steps of the first sampler) + floor
+    curve_points: int = 9
+    curve_n: int = 200
+    curve_n_samples: int = 500
+    curve_sample_steps: int = 50
+    curve_rtol: float = 1e-2
+    # verdict: "converged" when |m(S) - m(S/2)| <= max(2 se, verdict_rtol |m(S)| + verdict_atol)
+    verdict_rtol: float = 0.1
+    verdict_atol: float = 0.0
 
     def sampler_names(self, target: str) -> list[str]:
         """Every sampler the run draws with: eval.sampler (the target's natural one for "natural"), then
