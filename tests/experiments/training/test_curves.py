@@ -288,3 +288,24 @@ def test_curve_and_budget_fields_are_checked(train, ev, message):
     base["eval"].update(ev)
     with pytest.raises(ConfigError, match=message):
         validate_config(base)
+
+
+def test_image_curve_from_validation_records():
+    from types import SimpleNamespace
+
+    from difflab.experiments.images.run import IMAGE_VERDICT_RTOL, image_curve
+
+    evals = [
+        {"step": s, "seconds": s / 100, "val_loss": v} for s, v in ((1000, 0.50), (2000, 0.40), (4000, 0.395))
+    ]
+    curve = image_curve(SimpleNamespace(extra={"evals": evals}), n_track=0)
+    assert [p["step"] for p in curve["points"]] == [1000, 2000, 4000]
+    v = run_verdict(curve, "val_loss", rtol=IMAGE_VERDICT_RTOL)
+    # 0.005 / 0.395 = 1.3% <= 2%: converged; no s.e. on record, so only the tolerance decides
+    assert v["verdict"] == CONVERGED and v["verdict_change"] == pytest.approx(-0.005)
+    assert math.isnan(v["verdict_se"])
+    evals[-1]["val_loss"] = 0.30
+    assert (
+        run_verdict(image_curve(SimpleNamespace(extra={"evals": evals}), 0), "val_loss", rtol=0.02)["verdict"]
+        == IMPROVING
+    )
