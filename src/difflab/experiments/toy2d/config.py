@@ -109,7 +109,8 @@ class EvalConfig:
     score_error_n: int = 2000
     score_error_bins: int = 40
     # learning curve (difflab.experiments.toy2d.curves): 0 (none) or 4m + 1 log-spaced points from 1/16 of
-    # the budget to the end (m per doubling), on the first curve_n test points; PF-ODE tolerance curve_rtol;
+    # the budget to the end (m per doubling), on the first curve_n (<= n_test) test points; PF-ODE tolerance
+    # curve_rtol;
     # sliced W2 of curve_n_samples samples (0: none; curve_sample_steps steps of the first sampler) + floor
     curve_points: int = 9
     curve_n: int = 200

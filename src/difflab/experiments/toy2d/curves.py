@@ -1,7 +1,8 @@
 """The 2D learning-curve evaluation: cheap, low-variance metrics of the EMA model on a fixed held-out subset.
 
 At every curve point (:mod:`difflab.experiments.training.curves`), on the first ``eval.curve_n`` test points
-(the same points for every arm and every point of training, the same t / eps draws, the same prior draws):
+(at most ``data.n_test``; ``eval.curve_n_samples`` likewise; the same points for every arm and every point
+of training, the same t / eps draws, the same prior draws):
 
 * ``kl`` = mean_i [log q(x_i) - log p_theta(x_i)] (nats per point, where the law q is known) and ``nll`` =
   -mean_i log p_theta(x_i) / d (nats/dim), log p_theta by the probability-flow ODE with exact divergence and
@@ -46,7 +47,7 @@ def curve_evaluator(parts: RunParts):
     x = data.test[: ev.curve_n].to(torch.float64)
     dim = x.shape[1]
     log_q = data.law.log_prob(x) if data.law is not None else None
-    n_s = ev.curve_n_samples
+    n_s = min(ev.curve_n_samples, data.test.shape[0])
     ref = data.test[:n_s].to(torch.float64)
     sampler = ev.sampler_names(parts.config.objective.target)[0]
     sample_parts = dataclasses.replace(

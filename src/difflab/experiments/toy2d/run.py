@@ -64,12 +64,10 @@ def _check_curve_config(config: RunConfig) -> None:
         check_curve_points(ev.curve_points)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    if ev.curve_points and (ev.curve_n < 2 or ev.curve_n > config.data.n_test):
-        raise ConfigError(
-            f"eval.curve_n must lie in [2, data.n_test = {config.data.n_test}], got {ev.curve_n}"
-        )
-    if ev.curve_n_samples < 0 or ev.curve_n_samples == 1 or ev.curve_n_samples > config.data.n_test:
-        raise ConfigError(f"eval.curve_n_samples must be 0 or in [2, data.n_test], got {ev.curve_n_samples}")
+    if ev.curve_n < 2:  # at most data.n_test points are used
+        raise ConfigError(f"eval.curve_n must be >= 2, got {ev.curve_n}")
+    if ev.curve_n_samples < 0 or ev.curve_n_samples == 1:
+        raise ConfigError(f"eval.curve_n_samples must be 0 or >= 2, got {ev.curve_n_samples}")
     if ev.curve_sample_steps < 1:
         raise ConfigError(f"eval.curve_sample_steps must be >= 1, got {ev.curve_sample_steps}")
     if not 0.0 < ev.curve_rtol < 1.0:
