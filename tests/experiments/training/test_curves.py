@@ -246,6 +246,23 @@ def test_budget_rule_resumes_rather_than_retrains(tmp_path, monkeypatch):
     _, again = _train(validate_config(rule), tmp_path / "rule")
     assert again.step == 160 and sum(trained) == 0
 
+    # interrupted inside the second doubling (80 -> 160; last checkpoint at 120): resumes at budget 160
+    def stop_at_130(total, initial, desc):
+        def callback(step, loss):
+            if step == 130:
+                raise _StopError
+
+        return callback
+
+    monkeypatch.setattr(run_module, "_progress_bar", stop_at_130)
+    (tmp_path / "cut").mkdir()
+    with pytest.raises(_StopError):
+        train_run(validate_config(rule), str(tmp_path / "cut"), progress=True)
+    _, resumed = train_run(validate_config(rule), str(tmp_path / "cut"))
+    assert resumed.step == 160 and resumed.extra["budget_doublings"] == 2
+    for a, b in zip(_params(resumed), _params(straight), strict=True):
+        assert torch.equal(a, b)
+
 
 def test_run_records_curve_verdict_and_cost(tmp_path):
     result = run_experiment(_tiny(80), str(tmp_path / "run"))

@@ -115,8 +115,8 @@ def train_run(config: RunConfig, run_dir: str | None, progress: bool = False):
         x_train = parts.data.train.to(torch.float32).to(device)
         trainer = Trainer(parts.denoiser, parts.objective, x_train, config.train, parts.total_steps, run_dir)
         trainer.maybe_resume()
-        # a resumed budget-doubled run continues at its doubled budget (a multiple 2^k of train.steps)
-        trainer.total_steps = max(parts.total_steps, trainer.step)
+        # a resumed budget-doubled run continues at its doubled budget (saved with the checkpoint)
+        trainer.total_steps = int(trainer.extra.get("budget", parts.total_steps))
         callback = (
             _progress_bar(config.train.max_steps or parts.total_steps, trainer.step, config.label or "train")
             if progress
@@ -145,7 +145,7 @@ def _train_to_verdict(parts: RunParts, trainer: Trainer, callback: Any) -> None:
         )
         if budget is None or trainer.history.status == "diverged":
             return
-        trainer.total_steps = budget
+        trainer.total_steps = trainer.extra["budget"] = budget
         trainer.history.status = "running"
         trainer.extra["budget_doublings"] = int(trainer.extra.get("budget_doublings", 0)) + 1
 
