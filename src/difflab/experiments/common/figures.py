@@ -238,6 +238,39 @@ def plot_curve(
     return _save(fig, path)
 
 
+def plot_learning_curves(
+    curves: Mapping[str, Mapping[str, Sequence[float]]],
+    path: PathLike,
+    metric: str,
+    levels: Mapping[str, float] | None = None,
+    *,
+    title: str | None = None,
+) -> Path:
+    """A metric against training step (log scale) and against training seconds, one line per run with its
+    +-1 s.e. band, and horizontal reference lines (e.g. the oracle's value and the true-sample floor).
+
+    ``curves[label]`` holds equal-length ``step``, ``seconds``, ``value`` and optionally ``se``."""
+    fig, axes = _figure(ncols=2, panel=(5.0, 3.6))
+    for ax, xkey, xlabel in ((axes[0, 0], "step", "training step"), (axes[0, 1], "seconds", "train seconds")):
+        for label, c in curves.items():
+            x, y = np.asarray(c[xkey], dtype=float), np.asarray(c["value"], dtype=float)
+            (line,) = ax.plot(x, y, marker="o", ms=2.5, lw=1.2, label=label)
+            if c.get("se") is not None:
+                se = np.asarray(c["se"], dtype=float)
+                ax.fill_between(x, y - se, y + se, color=line.get_color(), alpha=0.15, lw=0)
+        for i, (name, value) in enumerate((levels or {}).items()):
+            if math.isfinite(value):
+                ax.axhline(value, color="k", ls=("--", ":", "-.")[i % 3], lw=1.0, label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0, 1].legend(fontsize=6, ncol=2)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
 # --------------------------------------------------------------------------- image grids and score error
 
 

@@ -54,6 +54,7 @@ from difflab.experiments.images.train import (
     load_ema_denoiser,
     train_image_model,
 )
+from difflab.experiments.study.convergence import run_verdict
 from difflab.experiments.training.dist import (
     DistInfo,
     cleanup_distributed,
@@ -183,6 +184,30 @@ def _write_history(run_dir: str, trainer: Any) -> None:
     write_json(os.path.join(run_dir, "history.json"), {**history, "evals": trainer.extra.get("evals", [])})
 
 
+#: the image verdict's tolerance: val_loss has no s.e. on record, so "converged" means it moved by at most
+#: 2% over the last doubling of training
+IMAGE_VERDICT_RTOL = 0.02
+
+
+def image_curve(trainer: Any, n_track: int) -> dict[str, Any]:
+    """The learning curve of an image run from its validation records (every ``train.val_every`` steps, EMA
+    weights, one fixed generator: the same t / eps at every point and for every arm): EMA validation loss
+    and, with ``eval.n_track``, FID of ``n_track`` samples (``n_track`` stated in the record; no same-n floor
+    is computed along the curve)."""
+    points = []
+    for rec in trainer.extra.get("evals", []):
+        metrics = {k: rec[k] for k in ("val_loss", "fid") if isinstance(rec.get(k), int | float)}
+        points.append({"step": rec["step"], "train_seconds": rec.get("seconds"), "metrics": metrics})
+    return {"verdict_metric": "val_loss", "points": points, "n_track": n_track}
+
+
+def _curve_result(run_dir: str, trainer: Any, n_track: int) -> dict[str, Any]:
+    """curves.json of an image run and its verdict keys (:func:`run_verdict` on the EMA validation loss)."""
+    curve = image_curve(trainer, n_track)
+    write_json(os.path.join(run_dir, "curves.json"), curve)
+    return run_verdict(curve, "val_loss", rtol=IMAGE_VERDICT_RTOL)
+
+
 def _run(config: ImageRunConfig, run_dir: str, dist: DistInfo, progress: bool) -> dict[str, Any]:
     """Check the run directory and load the data before writing anything, then train and evaluate."""
     start = time.perf_counter()
@@ -212,6 +237,7 @@ def _run(config: ImageRunConfig, run_dir: str, dist: DistInfo, progress: bool) -
     if not dist.is_main:
         return {**result, "rank": dist.rank}
     _write_history(run_dir, trainer)
+    result.update(_curve_result(run_dir, trainer, ev.n_track))
     if result["status"] != "diverged" and ev.enabled:
         result.update(final_metrics(parts, trainer.ema_model(), run_dir, net, feature_info))
     result["seconds"] = round(time.perf_counter() - start, 3)

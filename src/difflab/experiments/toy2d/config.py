@@ -77,6 +77,12 @@ class TrainConfig:
     log_every: int = param(50, ge=1, doc="steps per logged loss")
     time_bins: int = param(100, ge=1, doc="bins of the loss-by-time curve")
     device: str = param("cpu", doc="cpu | cuda | cuda:N")
+    # the budget rule (difflab.experiments.study.convergence): double train.steps, resuming from the
+    # checkpoint, until the curve's verdict is "converged" or 2 * steps would exceed train.max_steps.
+    # Needs lr_schedule = "constant" (warm-up, then constant: the schedule of the first S steps does not
+    # depend on the final budget, so a doubled run is bit-identical to an uninterrupted run of 2S steps)
+    until_converged: bool = param(False, doc="double train.steps (resuming) until the verdict is converged")
+    max_steps: int | None = param(None, ge=1, doc="cap of the budget rule")
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,18 @@ class EvalConfig:
     score_error: bool = param(False, doc="score error against t from the exact score (score_error.json)")
     score_error_n: int = param(2000, ge=1, doc="points per time of the score error")
     score_error_bins: int = param(40, ge=1, doc="times of the score-error curve")
+    # learning curve (difflab.experiments.toy2d.curves): 0 (none) or 4m + 1 log-spaced points from 1/16 of
+    # the budget to the end (m per doubling), on the first curve_n (<= n_test) test points; PF-ODE tolerance
+    # curve_rtol; sliced W2 of curve_n_samples samples (0: none; curve_sample_steps steps of the first
+    # sampler) + floor
+    curve_points: int = param(9, ge=0, doc="learning-curve points (0: none; else 4m + 1)")
+    curve_n: int = param(200, ge=1, doc="test points of the learning-curve metrics")
+    curve_n_samples: int = param(500, ge=0, doc="samples of the curve's sliced W2 (0: none)")
+    curve_sample_steps: int = param(50, ge=1, doc="sampler steps of the curve's samples")
+    curve_rtol: float = param(1e-2, gt=0, le=0.1, doc="dopri5 rtol = atol of the curve's PF-ODE NLL")
+    # verdict: "converged" when |m(S) - m(S/2)| <= max(2 se, verdict_rtol |m(S)| + verdict_atol)
+    verdict_rtol: float = param(0.1, ge=0, doc="relative tolerance of the convergence verdict")
+    verdict_atol: float = param(0.0, ge=0, doc="absolute tolerance of the convergence verdict")
 
     def sampler_names(self, target: str) -> list[str]:
         """Every sampler the run draws with: eval.sampler (the target's natural one for "natural"), then

@@ -57,9 +57,28 @@ REPORT_METRICS = [
     "ode_heun_mode_tv",
     "cat_purity",
     "cat_nmi",
+    "converged",
+    "verdict_change",
+    "verdict_se",
+    "budget_doublings",
+    "curve_overhead_pct",
 ]
-TERMINAL_METRICS = ["kl", "kl_elbo", "nll", "nelbo", "kde_kl", "kde_kl_h", "mmd2", "sw2", "mode_tv"]
-METRIC_SPECS = {m: "min" for m in REPORT_METRICS} | {"cat_purity": "max", "cat_nmi": "max"}
+TERMINAL_METRICS = [
+    "kl",
+    "kl_elbo",
+    "nll",
+    "nelbo",
+    "kde_kl",
+    "kde_kl_floor",
+    "kde_kl_h",
+    "mmd2",
+    "sw2",
+    "mode_tv",
+    "converged",  # fraction of the seeds whose verdict is "converged" (experiments.study.convergence)
+    "verdict_change",  # the verdict metric's change over the last doubling of training (mean over seeds)
+]
+_MAXIMISED = {"cat_purity": "max", "cat_nmi": "max", "converged": "max"}
+METRIC_SPECS = {m: "min" for m in REPORT_METRICS} | _MAXIMISED
 # The headline per data set (issue 10): exact KL where the density is known, NLL, NELBO and one sample
 # metric (beside its floor and the oracle's value); the verdict column is added by the report.
 HEADLINE = ("kl", "nll", "nelbo", "kde_kl|mmd2")
@@ -67,8 +86,12 @@ SE_OF = {"kl": "kl_se", "nll": "nll_se", "nelbo": "nelbo_se"}
 UNITS = {"kl": "nats", "nll": "nats/dim", "nelbo": "nats/dim", "kl_elbo": "nats"}
 # Extra rows that are references (never best); other extras (score-SDE's "vp" arms, the VAEs) compete.
 REFERENCES = ("oracle", "truth")
-# Never "best": the data law's own NLL, solver/sampler costs, losses of different objectives, settings.
-UNRANKED = ("nll_true", "final_loss", "train_seconds", "kde_h", "diverged_at")
+# Never "best": the data law's own NLL, solver/sampler costs, losses of different objectives, settings,
+# and the run's bookkeeping (convergence, curve cost).
+UNRANKED = (
+    "nll_true", "final_loss", "train_seconds", "kde_h", "diverged_at",
+    "converged", "verdict_change", "verdict_se", "budget_doublings", "curve_overhead_pct",
+)  # fmt: skip
 
 NOTES = [
     "Units: kl = KL(q || p_theta) in nats per 2D point, exact: E_q[log q - log p_theta] on held-out data "
@@ -197,6 +220,38 @@ def _dataset_figures(data_name: str, runs: list[dict[str, Any]], fig_dir: Path) 
         path = fig_dir / f"loss_by_time_{data_name}.png"
         figures.append(str(plots.plot_loss_by_time(loss_time, path, groupby=lambda s: s.split("__")[0])))
         figures.append(str(plots.plot_loss_by_epoch(loss_step, fig_dir / f"loss_by_step_{data_name}.png")))
+    return figures + _curve_figures(data_name, runs, fig_dir)
+
+
+def _curve_figures(data_name: str, runs: list[dict[str, Any]], fig_dir: Path) -> list[str]:
+    """Learning curves of one data set (curves.json): the verdict metric with the oracle rows' final value,
+    and the curve's sample distance (sw2) with its true-sample floor."""
+    by_metric: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(dict)
+    levels: dict[str, dict[str, float]] = defaultdict(dict)
+    for run in runs:
+        row = run["row"]
+        curve = read_json(os.path.join(run["dir"], "curves.json"))
+        if not curve:
+            if run["cfg"]["model"]["name"] == "oracle" and isinstance(row.get("kl"), float):
+                levels["kl"][f"oracle ({row['run_id']})"] = row["kl"]
+            continue
+        label = row["run_id"].replace(f"{data_name}__", "")
+        metric = curve.get("verdict_metric", "kl")
+        for name in (metric, "sw2"):
+            pts = [p for p in curve["points"] if name in p["metrics"]]
+            by_metric[name][label] = {
+                "step": [p["step"] for p in pts],
+                "seconds": [p["train_seconds"] for p in pts],
+                "value": [p["metrics"][name] for p in pts],
+                "se": [p["metrics"].get(name + "_se", float("nan")) for p in pts],
+            }
+            if name == "sw2" and pts:
+                levels["sw2"]["true-sample floor"] = pts[-1]["metrics"]["sw2_floor"]
+    figures = []
+    for name, curves in by_metric.items():
+        path = fig_dir / f"curve_{name}_{data_name}.png"
+        title = f"{data_name}: {name} during training (EMA weights, fixed held-out points)"
+        figures.append(str(plots.plot_learning_curves(curves, path, name, levels.get(name), title=title)))
     return figures
 
 

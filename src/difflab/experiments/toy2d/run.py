@@ -2,7 +2,16 @@
 outputs; and the same run loaded back from its directory to sample or re-evaluate it.
 
 Files in the run directory: ``config.json`` (resolved), ``checkpoint.pt`` (model, EMA, optimizer, step,
-history), ``history.json`` (loss by step and by time), ``metrics.json``, ``samples.npz``.
+history, learning curve), ``history.json`` (loss by step and by time), ``curves.json`` (the learning curve,
+:mod:`difflab.experiments.toy2d.curves`), ``metrics.json``, ``samples.npz``.
+
+Budget rule (``train.until_converged``): after training to S steps the curve's verdict is read
+(:mod:`difflab.experiments.study.convergence`); while it is not "converged" and 2S <= ``train.max_steps``
+the budget is doubled and training resumes from the checkpoint (the curve keeps its points: those of S are
+a subset of those of 2S). The LR schedule must then be "constant" after warm-up: a cosine schedule depends
+on the final budget, so a doubled run could not equal any uninterrupted run (and a restarted cosine would
+re-warm a decayed model); with a constant LR the doubled run is bit-identical to an uninterrupted run of
+the final length.
 """
 
 from __future__ import annotations
@@ -24,10 +33,13 @@ from difflab.experiments.common.rundir import (
     read_config,
     write_json,
 )
+from difflab.experiments.study.convergence import next_budget, run_verdict
 from difflab.experiments.toy2d.baselines import check_baseline_config, run_baseline
 from difflab.experiments.toy2d.build import DIFFUSION_MODELS, RunParts, build_run_parts, check_names
-from difflab.experiments.toy2d.config import RunConfig, config_to_dict, parse_config
+from difflab.experiments.toy2d.config import RunConfig, config_to_dict, parse_config, total_steps
+from difflab.experiments.toy2d.curves import curve_evaluator, curve_metric
 from difflab.experiments.toy2d.evaluate import NoGradDenoiser, draw_samples, evaluate_run
+from difflab.experiments.training.curves import check_curve_points, curve_cost, train_with_curve
 from difflab.experiments.training.trainer import Trainer
 from difflab.registry import UnknownNameError
 
@@ -45,6 +57,7 @@ def validate_config(data: dict | RunConfig) -> RunConfig:
         raise ConfigError(str(err)) from None
     check_process_range(process)
     _check_cross_fields(config)
+    _check_curve_config(config)
     return config
 
 
@@ -68,6 +81,39 @@ def _check_cross_fields(config: RunConfig) -> None:
         raise ConfigError(f"model.embed_dim must be an even number >= 4, got {m.embed_dim}")
 
 
+def _check_curve_config(config: RunConfig) -> None:
+    """Domains of the learning-curve and budget-rule fields (ConfigError naming the field)."""
+    ev, tr = config.eval, config.train
+    try:
+        check_curve_points(ev.curve_points)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if ev.curve_n < 2:  # at most data.n_test points are used
+        raise ConfigError(f"eval.curve_n must be >= 2, got {ev.curve_n}")
+    if ev.curve_n_samples < 0 or ev.curve_n_samples == 1:
+        raise ConfigError(f"eval.curve_n_samples must be 0 or >= 2, got {ev.curve_n_samples}")
+    if ev.curve_sample_steps < 1:
+        raise ConfigError(f"eval.curve_sample_steps must be >= 1, got {ev.curve_sample_steps}")
+    if not 0.0 < ev.curve_rtol < 1.0:
+        raise ConfigError(f"eval.curve_rtol must lie in (0, 1), got {ev.curve_rtol}")
+    if ev.verdict_rtol < 0 or ev.verdict_atol < 0:
+        raise ConfigError("eval.verdict_rtol and eval.verdict_atol must be >= 0")
+    if not tr.until_converged:
+        return
+    steps = total_steps(config)
+    if tr.lr_schedule != "constant":
+        raise ConfigError(
+            'train.until_converged needs train.lr_schedule = "constant" (a cosine schedule depends on the '
+            "final budget, so doubling it could not resume exactly)"
+        )
+    if ev.curve_points == 0:
+        raise ConfigError("train.until_converged needs a learning curve: eval.curve_points > 0")
+    if tr.max_steps is None or tr.max_steps < steps:
+        raise ConfigError(
+            f"train.until_converged needs train.max_steps >= train.steps ({steps}), got {tr.max_steps}"
+        )
+
+
 def _progress_bar(total: int, initial: int, desc: str):
     from tqdm import tqdm
 
@@ -83,7 +129,9 @@ def _progress_bar(total: int, initial: int, desc: str):
 
 def train_run(config: RunConfig, run_dir: str | None, progress: bool = False, parts: RunParts | None = None):
     """Build (unless ``parts`` are given) and train a run, resuming from run_dir/checkpoint.pt if present
-    (RunDirError if that checkpoint came from another config). Returns (parts, trainer)."""
+    (RunDirError if that checkpoint came from another config), with its learning curve and, under
+    ``train.until_converged``, the budget rule. Returns (parts, trainer); the curve's verdict and
+    ``budget_doublings`` are in ``trainer.extra``."""
     parts = parts if parts is not None else build_run_parts(config)
     trainer = None
     if parts.trainable:
@@ -100,26 +148,62 @@ def train_run(config: RunConfig, run_dir: str | None, progress: bool = False, pa
             identity=config_to_dict(config),
         )
         trainer.maybe_resume()
+        # a resumed budget-doubled run continues at its doubled budget (saved with the checkpoint)
+        trainer.total_steps = int(trainer.extra.get("budget", parts.total_steps))
         callback = (
-            _progress_bar(parts.total_steps, trainer.step, config.label or "train") if progress else None
+            _progress_bar(config.train.max_steps or parts.total_steps, trainer.step, config.label or "train")
+            if progress
+            else None
         )
-        trainer.train(callback)
+        _train_to_verdict(parts, trainer, callback)
     return parts, trainer
 
 
+def _train_to_verdict(parts: RunParts, trainer: Trainer, callback: Any) -> None:
+    """Train with the curve; apply the budget rule; leave the verdict in ``trainer.extra["verdict"]``."""
+    config = parts.config
+    ev, tr = config.eval, config.train
+    metric = curve_metric(parts)
+    evaluate = curve_evaluator(parts) if ev.curve_points else None
+    while True:
+        if evaluate is None:
+            trainer.train(callback)
+            trainer.extra["verdict"] = run_verdict(None, metric)
+            return
+        curve = train_with_curve(trainer, ev.curve_points, evaluate, metric, callback)
+        verdict = run_verdict(curve, metric, ev.verdict_rtol, ev.verdict_atol)
+        trainer.extra["verdict"] = verdict
+        budget = (
+            next_budget(trainer.total_steps, verdict["verdict"], tr.max_steps) if tr.until_converged else None
+        )
+        if budget is None or trainer.history.status == "diverged":
+            return
+        trainer.total_steps = trainer.extra["budget"] = budget
+        trainer.history.status = "running"
+        trainer.extra["budget_doublings"] = int(trainer.extra.get("budget_doublings", 0)) + 1
+
+
 def _write_history(run_dir: str, trainer: Trainer) -> dict[str, Any]:
-    """history.json of a trained run; returns steps, train_seconds and final_loss."""
+    """history.json and curves.json of a trained run; returns steps, train_seconds, final_loss, the curve's
+    verdict and cost (``curve_seconds``, ``curve_overhead_pct``) and ``budget_doublings``."""
     h = trainer.history
     centres, by_time = h.loss_by_time()
     write_json(
         os.path.join(run_dir, "history.json"),
         {"steps": h.steps, "loss": h.loss, "time_bins": centres, "loss_by_time": by_time},
     )
-    return {
+    out: dict[str, Any] = {
         "steps": trainer.step,
         "train_seconds": round(h.seconds, 3),
         "final_loss": h.loss[-1] if h.loss else float("nan"),
+        **trainer.extra.get("verdict", {}),
+        "budget_doublings": int(trainer.extra.get("budget_doublings", 0)),
     }
+    curve = trainer.extra.get("curve")
+    if curve is not None:
+        write_json(os.path.join(run_dir, "curves.json"), curve)
+        out.update(curve_cost(curve, h.seconds))
+    return out
 
 
 def run_experiment(config_dict: dict, run_dir: str, progress: bool = False) -> dict[str, Any]:
