@@ -64,6 +64,8 @@ class ImageModelConfig:
     num_heads: int = 1
     scale_shift: bool = False
     input_scaling: bool = False
+    # "none" or "edm" (Karras et al. 2022 eq. 7, x0 target only; sigma_data = 0.5: images in [-1, 1])
+    preconditioning: str = "none"
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,13 @@ def _check_names(config: ImageRunConfig) -> Any:
     if ev.grid != "auto":
         lookup(GRIDS, ev.grid, "grid")
     check_choice(FEATURES, ev.features, "feature network")
+    from difflab.parameterization import PRECONDITIONINGS
+
+    check_choice(PRECONDITIONINGS, config.model.preconditioning, "preconditioning")
+    if config.model.preconditioning == "edm" and obj.target != "x0":
+        raise ConfigError(
+            "model.preconditioning = 'edm' predicts D = x0_hat: it needs objective.target = 'x0'"
+        )
     check_choice(SOLVERS, ev.pf_ode_solver, "PF-ODE solver")
     check_sampler_options(ev.options(), SAMPLERS, [ev.sampler])
     return process
