@@ -7,7 +7,9 @@ the recipe's model, trained once and cached), a sampler and grid (:data:`difflab
 spent (``nfe_actual`` in the metrics) can differ from the nominal one by up to one step's evaluations.
 
 ``recipe`` is a ``toy2d`` run config (data, process, objective, model, train, eval): its data and process
-are the run's for both denoisers; its eval settings only govern the trained model's own evaluation.
+are the run's for both denoisers; its eval settings only govern the trained model's own evaluation. A recipe
+with ``kind = "images"`` is an image run config instead (:mod:`difflab.experiments.sampler_study.images`:
+trained denoiser only, FID / KID / IS with the held-out floor).
 """
 
 from __future__ import annotations
@@ -69,7 +71,6 @@ def recipe_config(config: SamplerRunConfig) -> RunConfig:
 
 def validate_sampler_config(raw: dict | SamplerRunConfig) -> SamplerRunConfig:
     """Parse and check every name, range and the sampler x grid combination; raises ConfigError."""
-    from difflab.data.toy2d import TOY2D
     from difflab.experiments.common.configs import check_choice
     from difflab.processes import build_process
     from difflab.registry import UnknownNameError, lookup
@@ -79,9 +80,7 @@ def validate_sampler_config(raw: dict | SamplerRunConfig) -> SamplerRunConfig:
     if config.kind != "samplers":
         raise ConfigError(f"kind {config.kind!r}: a sampler run config must have kind 'samplers'")
     check_choice(DENOISERS, config.denoiser, "denoiser")
-    recipe = recipe_config(config)
-    if TOY2D[recipe.data.name].law is None:
-        raise ConfigError(f"data set {recipe.data.name!r} has no known law: the oracle and the KL need one")
+    process_config = _recipe_process(config)
     for key in ("nfe", "n_samples", "kde_n_eval"):
         if getattr(config, key) < 2:
             raise ConfigError(f"{key} must be >= 2, got {getattr(config, key)}")
@@ -91,13 +90,26 @@ def validate_sampler_config(raw: dict | SamplerRunConfig) -> SamplerRunConfig:
         spec = lookup(SAMPLERS, config.sampler, "sampler")
         lookup(GRIDS, config.grid, "grid")
         check_sampler_options(config.sampler_options, SAMPLERS, [config.sampler])
-        process = build_process(recipe.process.name, **recipe.process.options)
+        process = build_process(process_config.name, **process_config.options)
         time_grid(process, steps_for_nfe(spec, config.nfe, config.sampler_options), config.grid)
     except ConfigError:
         raise
     except (UnknownNameError, ValueError) as err:  # also: a grid undefined on the process (discrete)
         raise ConfigError(str(err)) from None
     return config
+
+
+def _recipe_process(config: SamplerRunConfig) -> Any:
+    """Check the recipe (an image recipe, or a 2D one whose data set has a known law); its process config."""
+    from difflab.data.toy2d import TOY2D
+    from difflab.experiments.sampler_study.images import image_recipe, is_image_recipe
+
+    if is_image_recipe(config.recipe):
+        return image_recipe(config).process
+    recipe = recipe_config(config)
+    if TOY2D[recipe.data.name].law is None:
+        raise ConfigError(f"data set {recipe.data.name!r} has no known law: the oracle and the KL need one")
+    return recipe.process
 
 
 def sampler_config_to_dict(config: SamplerRunConfig) -> dict:

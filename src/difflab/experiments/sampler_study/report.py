@@ -15,7 +15,7 @@ from difflab.experiments.common import figures as plots
 from difflab.experiments.study.report import ReportSpec
 
 #: headline metrics (lower is better), each with its floor column where it has one
-HEADLINE = ("sw2", "mmd2", "kde_kl", "mode_tv", "kl_push")
+HEADLINE = ("sw2", "mmd2", "kde_kl", "mode_tv", "kl_push", "fid")
 REPORT_METRICS = [
     "nfe_actual",
     "sw2",
@@ -31,9 +31,16 @@ REPORT_METRICS = [
     "w2",
     "w2_floor",
     "model_kl",
+    "fid",
+    "fid_floor",
+    "fid_same_n",
+    "kid",
+    "kid_floor",
+    "is",
+    "model_fid",
     "sample_seconds",
 ]
-TERMINAL = ["nfe_actual", "sw2", "mmd2", "kde_kl", "mode_tv", "kl_push"]
+TERMINAL = ["nfe_actual", "sw2", "mmd2", "kde_kl", "mode_tv", "kl_push", "fid", "fid_floor"]
 NOTES = [
     "One row per (denoiser, sampler, grid, nominal NFE); nfe_actual is the NFE spent (grid steps = "
     "round((NFE - 1) / evaluations per step), at least 1; the final denoising counts). oracle rows run the "
@@ -47,6 +54,9 @@ NOTES = [
     "kl_push = KL(p_hat || q) in nats, exact up to Monte-Carlo error (kl_push_se): for a deterministic "
     "sampler, log p_hat of each draw by the change of variables along its own discretised path (Jacobian "
     "of x_T -> x0 by autograd); stochastic samplers have no such density and leave it empty.",
+    "Image rows (recipe kind images): FID / KID / IS in the features of the classifier trained on the data "
+    "set (cached), against the training images; fid_floor is held-out images against the same reference at "
+    "the same n, fid_same_n the model at the floor's n; model_fid is the recipe run's own FID.",
 ]
 
 
@@ -109,9 +119,9 @@ def cheapest_section(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def report_spec(rows: Sequence[Mapping[str, Any]], out: str) -> ReportSpec:
-    return ReportSpec(
-        tuple(REPORT_METRICS), tuple(TERMINAL), {m: "min" for m in REPORT_METRICS}, tuple(NOTES)
-    )
+    """Columns (listed first), terminal table, directions (``is`` is better high) and notes."""
+    directions = {m: "min" for m in REPORT_METRICS} | {"is": "max", "is_floor": "max"}
+    return ReportSpec(tuple(REPORT_METRICS), tuple(TERMINAL), directions, tuple(NOTES))
 
 
 def _panel(ax: Any, rows: list[Mapping[str, Any]], metric: str, title: str) -> None:

@@ -29,6 +29,7 @@ from difflab.experiments.sampler_study.config import (
     steps_for_nfe,
     validate_sampler_config,
 )
+from difflab.experiments.sampler_study.images import image_run, is_image_recipe
 from difflab.experiments.sampler_study.pushforward import pushforward_kl, pushforward_log_density
 from difflab.experiments.toy2d.config import RunConfig, config_to_dict
 
@@ -155,16 +156,26 @@ def measure(parts: SamplerParts, x_T: torch.Tensor, x0: torch.Tensor, steps: int
     return out
 
 
+def to_uint8(x: Any) -> np.ndarray:
+    from difflab.experiments.images.evaluate import to_uint8 as images_uint8
+
+    return images_uint8(x)
+
+
 def run_sampler_experiment(raw: dict, run_dir: str, progress: bool = False) -> dict[str, Any]:
     """One run: validate, build, sample ``n_samples`` at the run's NFE, measure; the study's run function."""
     config = validate_sampler_config(dict(raw))
     os.makedirs(run_dir, exist_ok=True)
     write_json(os.path.join(run_dir, "config.json"), sampler_config_to_dict(config))
     start = time.perf_counter()
-    parts = build_parts(config, run_dir)
-    result = evaluate_parts(parts)
+    if is_image_recipe(config.recipe):
+        result = image_run(config, cache_root(config, run_dir))
+        samples = to_uint8(result.pop("_samples"))
+    else:
+        result = evaluate_parts(build_parts(config, run_dir))
+        samples = result.pop("_samples")
     result["seconds"] = round(time.perf_counter() - start, 3)
-    np.savez_compressed(os.path.join(run_dir, "samples.npz"), samples=result.pop("_samples"))
+    np.savez_compressed(os.path.join(run_dir, "samples.npz"), samples=samples)
     write_json(os.path.join(run_dir, "metrics.json"), result)
     return result
 
@@ -183,16 +194,24 @@ def evaluate_parts(parts: SamplerParts) -> dict[str, Any]:
     return result
 
 
-def _load(run_dir: str) -> SamplerParts:
+def _load_config(run_dir: str) -> SamplerRunConfig:
     raw = read_config(run_dir)
     if raw.get("kind") != "samplers":
         raise RunDirError(f"{run_dir} is not a sampler run")
-    return build_parts(validate_sampler_config(raw), run_dir)
+    return validate_sampler_config(raw)
+
+
+def _load(run_dir: str) -> SamplerParts:
+    return build_parts(_load_config(run_dir), run_dir)
 
 
 def evaluate_sampler_run(run_dir: str) -> dict[str, Any]:
     """Re-measure a finished run (same seeds and cached model: the recorded metrics)."""
-    result = evaluate_parts(_load(run_dir))
+    config = _load_config(run_dir)
+    if is_image_recipe(config.recipe):
+        result = image_run(config, cache_root(config, run_dir))
+    else:
+        result = evaluate_parts(build_parts(config, run_dir))
     result.pop("_samples")
     return result
 
@@ -201,19 +220,25 @@ def sample_sampler_run(run_dir: str, request: Any) -> str:
     """``difflab sample``: n draws with the run's (or the request's) sampler, grid and steps."""
     from dataclasses import replace
 
-    parts = _load(run_dir)
-    c = parts.config
-    parts.config = replace(
+    from difflab.samplers import SAMPLERS
+
+    c = _load_config(run_dir)
+    c = replace(
         c,
         sampler=request.sampler or c.sampler,
         grid=request.grid or c.grid,
         sampler_options={**c.sampler_options, **dict(request.options)},
+        seed=request.seed - 1,  # draws use seed + 1
     )
-    parts.config = validate_sampler_config(parts.config)
-    from difflab.samplers import SAMPLERS
-
-    nfe = SAMPLERS[parts.config.sampler].nfe(request.steps, **parts.config.sampler_options)
-    _, x0, steps, nfe = draw(parts, request.n, nfe, request.seed)
-    out = request.out or os.path.join(run_dir, f"samples_{parts.config.sampler}_{steps}.npz")
-    np.savez_compressed(out, samples=x0.numpy())
-    return f"wrote {len(x0)} samples ({parts.config.sampler}, {steps} steps, NFE {nfe}) to {out}"
+    nfe = SAMPLERS[c.sampler].nfe(request.steps, **c.sampler_options)
+    c = validate_sampler_config(replace(c, nfe=max(2, nfe)))
+    if is_image_recipe(c.recipe):
+        result = image_run(c, cache_root(c, run_dir), nfe=nfe, n=request.n)
+        x0, steps, nfe = to_uint8(result["_samples"]), result["steps"], result["nfe_actual"]
+    else:
+        parts = build_parts(c, run_dir)
+        _, x, steps, nfe = draw(parts, request.n, nfe, request.seed)
+        x0 = x.numpy()
+    out = request.out or os.path.join(run_dir, f"samples_{c.sampler}_{steps}.npz")
+    np.savez_compressed(out, samples=x0)
+    return f"wrote {len(x0)} samples ({c.sampler}, {steps} steps, NFE {nfe}) to {out}"
