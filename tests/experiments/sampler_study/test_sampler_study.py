@@ -177,3 +177,42 @@ def test_cheapest_within_handles_a_negative_reference_and_missing_rows():
 def test_new_presets_dry_run(study, capsys):
     assert main(["study", study, "--dry-run"]) == 0
     assert "runs" in capsys.readouterr().out
+
+
+def test_image_recipe_runs_scores_fid_with_its_floor_and_refuses_the_oracle(tmp_path):
+    recipe = {
+        "kind": "images",
+        "data": {"name": "digits", "n_train": 128, "n_val": 64},
+        "process": {"name": "trig_vp"},
+        "objective": {"time_dist": "uniform"},
+        "model": {"channels": 8, "channel_mults": [1], "num_res_blocks": 1, "attn_resolutions": []},
+        "train": {"steps": 10, "batch_size": 32, "val_every": 10, "log_every": 5, "checkpoint_every": 10},
+        "eval": {
+            "n_samples": 32,
+            "steps": 4,
+            "batch": 32,
+            "n_track": 0,
+            "n_grid": 4,
+            "bpd": False,
+            "pf_ode": False,
+            "classifier_epochs": 1,
+            "cache_dir": str(tmp_path / "classifier"),
+        },
+    }
+    raw = {
+        "denoiser": "trained",
+        "sampler": "ddim",
+        "grid": "karras",
+        "nfe": 5,
+        "n_samples": 64,
+        "recipe": recipe,
+        "cache_dir": str(tmp_path / "models"),
+    }
+    first = run_sampler_experiment(json.loads(json.dumps(raw)), str(tmp_path / "a"))
+    again = run_sampler_experiment(json.loads(json.dumps({**raw, "nfe": 9})), str(tmp_path / "b"))
+    assert first["nfe_actual"] == 5 and again["nfe_actual"] == 9 and first["n_floor"] == 64
+    assert first["fid"] > first["fid_floor"] > 0  # a 10-step UNet is far from the held-out images
+    assert first["model_fid"] == again["model_fid"]  # one cached model served both
+    assert len(list((tmp_path / "models").glob("*/checkpoint.pt"))) == 1
+    with pytest.raises(ConfigError, match="image recipes support only 'trained'"):
+        validate_sampler_config({**raw, "denoiser": "oracle"})

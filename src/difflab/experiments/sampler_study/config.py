@@ -23,6 +23,7 @@ from difflab.experiments.common.configs import (
     parse_dataclass,
     to_dict,
 )
+from difflab.experiments.images.config import ImageRunConfig, validate_image_config
 from difflab.experiments.toy2d.config import RunConfig
 
 DENOISERS = ("oracle", "trained")
@@ -99,10 +100,23 @@ def validate_sampler_config(raw: dict | SamplerRunConfig) -> SamplerRunConfig:
     return config
 
 
+def is_image_recipe(recipe: dict) -> bool:
+    return recipe.get("kind") == "images"
+
+
+def image_recipe(config: Any) -> ImageRunConfig:
+    """The recipe as a checked image run config; the oracle is a ConfigError (no exact denoiser)."""
+    if config.denoiser != "trained":
+        raise ConfigError("denoiser 'oracle' needs a known law; image recipes support only 'trained'")
+    try:
+        return validate_image_config(dict(config.recipe))
+    except ConfigError as err:
+        raise ConfigError(f"recipe: {err}") from None
+
+
 def _recipe_process(config: SamplerRunConfig) -> Any:
     """Check the recipe (an image recipe, or a 2D one whose data set has a known law); its process config."""
     from difflab.data.toy2d import TOY2D
-    from difflab.experiments.sampler_study.images import image_recipe, is_image_recipe
 
     if is_image_recipe(config.recipe):
         return image_recipe(config).process

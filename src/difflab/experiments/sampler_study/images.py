@@ -16,25 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from difflab.experiments.common.configs import ConfigError
 from difflab.experiments.common.rundir import read_json
-from difflab.experiments.images.config import ImageRunConfig, image_config_to_dict, validate_image_config
+from difflab.experiments.images.config import ImageRunConfig, image_config_to_dict
+from difflab.experiments.sampler_study.config import image_recipe, steps_for_nfe
 
 IMAGE_METRICS = ("fid", "fid_floor", "fid_same_n", "kid", "kid_floor", "is", "is_floor", "n_floor")
-
-
-def is_image_recipe(recipe: dict) -> bool:
-    return recipe.get("kind") == "images"
-
-
-def image_recipe(config: Any) -> ImageRunConfig:
-    """The recipe as a checked image run config; the oracle is a ConfigError (no exact denoiser)."""
-    if config.denoiser != "trained":
-        raise ConfigError("denoiser 'oracle' needs a known law; image recipes support only 'trained'")
-    try:
-        return validate_image_config(dict(config.recipe))
-    except ConfigError as err:
-        raise ConfigError(f"recipe: {err}") from None
 
 
 def _hash(recipe: ImageRunConfig) -> str:
@@ -70,7 +56,6 @@ def image_run(config: Any, root: Path, nfe: int | None = None, n: int | None = N
     from difflab.data.images import dataset_shape
     from difflab.experiments.images.evaluate import draw_image_samples, feature_network, sample_quality
     from difflab.experiments.images.train import load_split
-    from difflab.experiments.sampler_study.config import steps_for_nfe
     from difflab.processes import build_process
     from difflab.samplers import SAMPLERS
 

@@ -24,12 +24,13 @@ import torch
 from difflab.experiments.common.rundir import RunDirError, read_config, read_json, write_json
 from difflab.experiments.sampler_study.config import (
     SamplerRunConfig,
+    is_image_recipe,
     recipe_config,
     sampler_config_to_dict,
     steps_for_nfe,
     validate_sampler_config,
 )
-from difflab.experiments.sampler_study.images import image_run, is_image_recipe
+from difflab.experiments.sampler_study.images import image_run
 from difflab.experiments.sampler_study.pushforward import pushforward_kl, pushforward_log_density
 from difflab.experiments.toy2d.config import RunConfig, config_to_dict
 
