@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "difflab"
 LAYERS = [
     (8, "difflab.cli"),
     (7, "difflab.experiments.kind"),
+    (6.5, "difflab.experiments.sampler_study"),  # 6b: composed on the toy2d kind
     (6, "difflab.experiments.toy2d"),
     (6, "difflab.experiments.images"),
     (5, "difflab.experiments.protocol"),

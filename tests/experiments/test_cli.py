@@ -132,5 +132,5 @@ def test_unknown_kind_is_a_clear_error(tmp_path, capsys):
     study = tmp_path / "s.toml"
     study.write_text('[study]\nkind = "audio"\n[axes]\n"train.seed" = [0]\n')
     assert main(["study", str(study), "--out", str(tmp_path / "out")]) == 2
-    assert "unknown study kind 'audio'; valid study kinds: images, toy2d" in capsys.readouterr().err
+    assert "unknown study kind 'audio'; valid study kinds: images, samplers, toy2d" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -45,6 +45,31 @@ TINY = {
             "classifier_epochs": 1,
         },
     },
+    # one cached trained model of a tiny 2D recipe, sampled by DDIM (deterministic: the pushforward KL too)
+    "samplers": {
+        "denoiser": "trained",
+        "sampler": "ddim",
+        "grid": "karras",
+        "nfe": 6,
+        "n_samples": 100,
+        "n_pushforward": 16,
+        "kde_n_eval": 100,
+        "recipe": {
+            "data": {"name": "mixture8", "n_train": 600, "n_test": 200},
+            "model": {"hidden": 16, "layers": 2},
+            "train": {"steps": 20, "batch_size": 64, "log_every": 10, "checkpoint_every": 10},
+            "eval": {
+                "n_samples": 100,
+                "steps": 6,
+                "n_nll": 10,
+                "n_nelbo": 40,
+                "nelbo_t_draws": 2,
+                "kde_n_eval": 100,
+                "nll_rtol": 1e-2,
+                "also_ancestral": False,
+            },
+        },
+    },
 }
 TIME_KEYS = ("seconds",)  # wall-clock figures (train_seconds, sample_seconds_per_image, seconds)
 

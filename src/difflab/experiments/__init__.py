@@ -14,6 +14,8 @@ Layers, lowest first. A module imports only from its own layer or the layers bel
 5. ``experiments.protocol``: the :class:`RunKind` protocol and :class:`SampleRequest`
 6. ``experiments.toy2d`` and ``experiments.images``: the two run kinds; siblings that never import each
    other, each with ``config``, ``run``, ``report`` and a ``kind`` module holding ``KIND``
+6b. ``experiments.sampler_study``: the ``samplers`` kind, composed on ``toy2d`` (it trains its model through
+   ``toy2d.run``); never imported by the kinds of layer 6
 7. ``experiments.kind``: ``KINDS`` (name -> module, imported lazily), ``get_kind``, ``run_by_kind``
 8. ``difflab.cli``: kind-free; reaches every pipeline through ``get_kind``
 

@@ -19,6 +19,7 @@ KINDS = MappingProxyType(
     {
         "toy2d": "difflab.experiments.toy2d.kind",
         "images": "difflab.experiments.images.kind",
+        "samplers": "difflab.experiments.sampler_study.kind",
     }
 )
 

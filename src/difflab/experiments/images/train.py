@@ -91,11 +91,18 @@ def build_unet(config: ImageRunConfig, shape: tuple[int, int, int]) -> nn.Module
 
 
 def build_denoiser(config: ImageRunConfig, process: Any, net: nn.Module) -> nn.Module:
-    """TargetDenoiser with data_std = 0.5 (images in [-1, 1]) for the optional input scaling c_in."""
+    """TargetDenoiser with data_std = 0.5 (images in [-1, 1]) for the optional input scaling c_in and EDM's
+    preconditioning (``model.preconditioning``)."""
     from difflab.parameterization import TargetDenoiser
 
+    m = config.model
     return TargetDenoiser(
-        net, process, config.objective.target, input_scaling=config.model.input_scaling, data_std=0.5
+        net,
+        process,
+        config.objective.target,
+        m.input_scaling,
+        data_std=0.5,
+        preconditioning=m.preconditioning,
     )
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from difflab.experiments.common.configs import check_choice, check_device, check_sampler_options
 from difflab.experiments.toy2d.config import ConfigError, RunConfig, also_sampler_names, total_steps
 from difflab.experiments.training.trainer import LR_SCHEDULES, OPTIMIZERS
-from difflab.parameterization import TargetDenoiser, parse_target
+from difflab.parameterization import PRECONDITIONINGS, TargetDenoiser, parse_target
 from difflab.processes import Process, build_process
 from difflab.registry import lookup
 
@@ -62,6 +62,11 @@ def check_names(config: RunConfig) -> Process:
     lookup({n: n for n in MODELS}, m.name, "model")
     lookup(ACTIVATIONS, m.activation, "activation")
     check_choice(CONDITIONINGS, m.conditioning, "conditioning")
+    check_choice(PRECONDITIONINGS, m.preconditioning, "preconditioning")
+    if m.preconditioning == "edm" and parse_target(config.objective.target).value != "x0":
+        raise ConfigError(
+            "model.preconditioning = 'edm' predicts D = x0_hat: it needs objective.target = 'x0'"
+        )
     check_device(config.train.device)
     lookup(TOY2D, config.data.name, "data set")
     lookup(OPTIMIZERS, config.train.optimizer, "optimizer")
@@ -99,6 +104,8 @@ def build_run_parts(config: RunConfig) -> RunParts:
         dim = data.train.shape[1]
         net = MLP(dim, m.hidden, m.layers, m.time_embed, m.embed_dim, m.activation, m.conditioning)
         target = parse_target(config.objective.target)
-        denoiser = TargetDenoiser(net, process, target, input_scaling=m.input_scaling)
+        denoiser = TargetDenoiser(
+            net, process, target, m.input_scaling, data_std=1.0, preconditioning=m.preconditioning
+        )  # data_std: the 2D sets are z-scored
         trainable = True
     return RunParts(config, process, objective, data, denoiser, total_steps(config), trainable)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from difflab.experiments.common.configs import ConfigError, domain, param, parse_dataclass
 from difflab.parameterization import parse_target
 
-__all__ = ["ConfigError", "RunConfig", "natural_sampler", "parse_config", "total_steps"]
+__all__ = ["NATURAL_SAMPLERS", "ConfigError", "RunConfig", "natural_sampler", "parse_config", "total_steps"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,8 @@ class ModelConfig:
     activation: str = param("silu", doc="activation function")
     conditioning: str = param("film", doc="how the time embedding enters: film (scale-shift) | concat")
     input_scaling: bool = param(True, doc="c_in scaling of the network input")
+    # "none" or "edm" (Karras et al. 2022 eq. 7, x0 target only; sigma_data = 1: the data are z-scored)
+    preconditioning: str = param("none", doc="none | edm (Karras et al. 2022 eq. 7; x0 target only)")
     # model-specific options of the non-diffusion baselines (difflab.experiments.toy2d.baselines), e.g.
     # num_categories, latent_dim, latent_dims, tau_start, tau_end, init_from_data, vlb_weight
     options: dict = field(
@@ -133,12 +135,28 @@ class EvalConfig:
         return names + [s for s in also_sampler_names(self.also_samplers) if s not in names]
 
 
+#: seed 000's sampler of each target; the flow target (a velocity) integrates its ODE with Euler steps
+NATURAL_SAMPLERS = {
+    "x0": "ancestral",
+    "eps": "ancestral",
+    "v": "ddim",
+    "score": "euler_maruyama",
+    "flow": "ode_euler",
+}
+
+
 def natural_sampler(target: str) -> str:
     """Seed 000 sampled each target its own way: x0 and eps ancestrally, v by the deterministic
-    (DDIM eta = 0) update, score by a Langevin-type SDE; we use the reverse-SDE Euler-Maruyama for score."""
-    return {"x0": "ancestral", "eps": "ancestral", "v": "ddim", "score": "euler_maruyama"}[
-        parse_target(target).value
-    ]
+    (DDIM eta = 0) update, score by a Langevin-type SDE; we use the reverse-SDE Euler-Maruyama for score,
+    and for the flow-matching velocity its ODE by Euler steps (Lipman et al. 2023; Liu et al. 2023).
+    A target without an entry in :data:`NATURAL_SAMPLERS` is a ConfigError listing the table."""
+    name = parse_target(target).value
+    if name not in NATURAL_SAMPLERS:
+        raise ConfigError(
+            f"target {name!r} has no natural sampler; targets with one: {', '.join(sorted(NATURAL_SAMPLERS))}"
+            " (set eval.sampler to a sampler name)"
+        )
+    return NATURAL_SAMPLERS[name]
 
 
 def also_sampler_names(text: str) -> list[str]:
