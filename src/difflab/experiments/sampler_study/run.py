@@ -81,7 +81,7 @@ def trained_model(recipe: RunConfig, root: Path) -> tuple[Any, dict[str, Any]]:
             fcntl.flock(lock, fcntl.LOCK_UN)
     if metrics.get("status") != "finished":
         raise RuntimeError(f"the recipe's model in {model_dir} did not finish: {metrics.get('status')}")
-    _, denoiser = load_trained(str(model_dir))
+    _, denoiser, _ = load_trained(str(model_dir), finished=True)
     return NoGradDenoiser(denoiser), metrics
 
 
