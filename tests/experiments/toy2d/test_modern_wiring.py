@@ -120,7 +120,7 @@ def test_flow_target_has_a_natural_sampler_and_a_missing_one_lists_the_table(mon
 )
 def test_cli_unknown_names_list_the_new_choices(tmp_path, capsys, key, value, listed):
     cfg = tmp_path / "run.toml"
-    cfg.write_text("")
+    cfg.write_text("[train]\nsteps = 10\n")
     out = tmp_path / "run"
     assert main(["train", str(cfg), "--out", str(out), "--dry-run", "--set", f'{key}="{value}"']) == 2
     err = capsys.readouterr().err
