@@ -191,7 +191,7 @@ def test_bad_configs_name_the_key_and_the_choices():
     assert validate_image_config({}).eval.n_samples == 10_000
 
 
-@pytest.mark.parametrize("name,runs", [("ddpm-ablations-quick", 10), ("loss-comparison-images-quick", 9)])
+@pytest.mark.parametrize("name,runs", [("ddpm-ablations-quick", 13), ("loss-comparison-images-quick", 9)])
 def test_image_study_presets_dry_run(name, runs, capsys):
     assert main(["study", name, "--dry-run"]) == 0
     assert f"{runs} runs" in capsys.readouterr().out

@@ -10,6 +10,13 @@ recorded) or of the standard Inception network from a local TorchScript file:
 * ``fid_same_n`` / ``kid_same_n``: the model's first n_h samples against R, the same n as the floor
   (FID is biased upward at small n, so only same-n numbers compare with the floor).
 
+Samples are rounded to the data's grey-level grid (:func:`difflab.metrics.images.quantize`: 256 levels for
+8-bit sets, 17 for the digits) before features, as pytorch-fid / torch-fidelity score uint8 images: the real
+and held-out images lie on that grid, and unquantized samples would differ from them in a way no
+classifier should be asked to see. ``fid_eps_fallback`` (and ``*_floor`` / ``*_same_n``) records whether
+the Frechet distance needed the eps*I covariance fallback
+(:class:`~difflab.metrics.images.FIDFallbackWarning`).
+
 Bits/dim (:func:`bits_per_dim_metrics`):
 
 * ``bpd``: the discrete NELBO of Ho et al. (2020, eq. 5) with the step KLs
@@ -145,21 +152,25 @@ def sample_quality(
     heldout: Tensor,
     samples: Tensor,
     *,
+    levels: int,
     seed: int = 0,
     with_floor: bool = True,
     feature: str | None = None,
     kid_subsets: int = 50,
 ) -> dict[str, Any]:
-    """FID, KID, IS of ``samples`` against ``reference``; with the floor (``heldout`` against ``reference``)
-    and the model at the floor's n (module docstring). KID: ``kid_subsets`` subsets of up to 1000.
-    Without the floor (tracking during training) only FID and IS are computed."""
+    """FID, KID, IS of ``samples`` (first rounded to the data's ``levels`` grey levels) against
+    ``reference``; with the floor (``heldout`` against ``reference``) and the model at the floor's n (module
+    docstring). KID: ``kid_subsets`` subsets of up to 1000. Without the floor (tracking during training)
+    only FID and IS are computed."""
     from difflab.metrics.images import (
         ImageMetrics,
         extract_features,
         fid_from_features,
         inception_score_from_logits,
+        quantize,
     )
 
+    samples = quantize(samples, levels)
     if not with_floor:
         f_ref, _ = extract_features(net, reference, 500)
         f_fake, logits = extract_features(net, samples, 500)
@@ -173,7 +184,8 @@ def sample_quality(
 
     def compute(fake: Tensor) -> dict[str, Any]:
         sub = min(1000, fake.shape[0], reference.shape[0])
-        return metrics.compute(reference, fake, kid_subsets=kid_subsets, kid_subset_size=sub, seed=seed)
+        res = metrics.compute(reference, fake, kid_subsets=kid_subsets, kid_subset_size=sub, seed=seed)
+        return {**res, "fid_eps_fallback": bool(metrics.last_fid_eps_fallback)}
 
     model = compute(samples)
     n_h = min(heldout.shape[0], samples.shape[0])
@@ -194,6 +206,10 @@ def sample_quality(
         "kid_same_n": same["kid"],
         "n_floor": n_h,
         "kid_subsets": kid_subsets,
+        "levels": int(levels),
+        "fid_eps_fallback": model["fid_eps_fallback"],
+        "fid_floor_eps_fallback": floor["fid_eps_fallback"],
+        "fid_same_n_eps_fallback": same["fid_eps_fallback"],
     }
 
 
@@ -300,6 +316,23 @@ def pf_ode_bpd(
     return torch.cat(out), nfe
 
 
+def prior_mismatch(process: Any, x: Tensor) -> dict[str, float]:
+    """How far the forward process is from its prior at t_max (seed 001's T axis confounds T with this):
+
+    * ``terminal_snr`` = alpha_T^2 / sigma_T^2 (for a DDPM chain alpha_bar_T / (1 - alpha_bar_T));
+    * ``prior_kl_bpd``: the NELBO's prior term E_x KL(N(alpha_T x, sigma_T^2 I) || N(0, s^2 I)) per dimension,
+      in bits, KL per dim = 1/2 [(sigma_T^2 + alpha_T^2 x^2) / s^2 - 1 - log(sigma_T^2 / s^2)] (s the
+      process's prior std). Sampling starts from N(0, s^2 I), so a large value means the sampler starts
+      from a distribution the model never saw.
+    """
+    c = process.coefficients(process.t_max)
+    a2, var = float(c.alpha) ** 2, float(c.sigma) ** 2
+    s2 = float(process.prior_std) ** 2
+    x2 = x.detach().to(torch.float64).cpu() ** 2
+    kl = 0.5 * ((var + a2 * x2) / s2 - 1.0 - math.log(var / s2))
+    return {"terminal_snr": a2 / var, "prior_kl_bpd": float(kl.mean()) / math.log(2.0)}
+
+
 def _mean_se(v: Tensor) -> tuple[float, float]:
     v = v.to(torch.float64)
     se = float(v.std() / math.sqrt(v.numel())) if v.numel() > 1 else float("nan")
@@ -309,9 +342,10 @@ def _mean_se(v: Tensor) -> tuple[float, float]:
 def bits_per_dim_metrics(
     config: ImageRunConfig, denoiser: nn.Module, process: Any, x_val: Tensor, levels: int
 ) -> dict[str, Any]:
-    """``bpd`` (discrete ELBO) and ``bpd_pf_ode`` on the first held-out images, with standard errors."""
+    """``bpd`` (discrete ELBO) and ``bpd_pf_ode`` on the first held-out images, with standard errors, and
+    the prior mismatch (:func:`prior_mismatch`) on all of them."""
     ev = config.eval
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = prior_mismatch(process, x_val)
     g = torch.Generator().manual_seed(ev.seed + 17)
     if ev.bpd and ev.n_bpd > 0:
         v = discrete_bpd(

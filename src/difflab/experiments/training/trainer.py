@@ -95,10 +95,14 @@ LR_SCHEDULES = ("constant", "cosine")
 
 @dataclass
 class TrainHistory:
-    """What the trainer records: loss per log interval, loss by time bin, status."""
+    """What the trainer records: loss per log interval, loss by time bin, status; ``grad_norm`` /
+    ``grad_norm_max``: mean / max over the log interval of the global gradient 2-norm *before* clipping
+    (so loss-weight spikes stay visible under ``grad_clip``)."""
 
     steps: list[int] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
+    grad_norm: list[float] = field(default_factory=list)
+    grad_norm_max: list[float] = field(default_factory=list)
     time_bin_sum: Tensor | None = None
     time_bin_count: Tensor | None = None
     status: str = "running"
@@ -191,6 +195,8 @@ class Trainer:
             "history": {
                 "steps": h.steps,
                 "loss": h.loss,
+                "grad_norm": h.grad_norm,
+                "grad_norm_max": h.grad_norm_max,
                 "time_bin_sum": h.time_bin_sum,
                 "time_bin_count": h.time_bin_count,
                 "status": h.status,
@@ -242,6 +248,8 @@ class Trainer:
         self.forward_model.train()
         n_bins = cfg.time_bins
         running = torch.zeros((), dtype=torch.float64)
+        gn_sum = torch.zeros((), dtype=torch.float64)
+        gn_max = torch.zeros((), dtype=torch.float64)
         running_n = 0
         start = time.perf_counter() - h.seconds
         stop = self.total_steps if until is None else min(until, self.total_steps)
@@ -258,8 +266,8 @@ class Trainer:
                 break
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self._all_params, cfg.grad_clip, foreach=True)
+            max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf  # inf: the norm, no clipping
+            grad_norm = torch.nn.utils.clip_grad_norm_(self._all_params, max_norm, foreach=True)
             self.optimizer.step()
             self.ema.update(self._all_params, step)
             with torch.no_grad():
@@ -268,13 +276,20 @@ class Trainer:
                 h.time_bin_sum.index_add_(0, bins, per_example)
                 h.time_bin_count.index_add_(0, bins, torch.ones_like(per_example))
                 running += loss.detach().to(torch.float64).cpu()
+                gn = grad_norm.detach().to(torch.float64).cpu()
+                gn_sum += gn
+                torch.maximum(gn_max, gn, out=gn_max)
                 running_n += 1
             self.step += 1
             logged = self.step % cfg.log_every == 0 or self.step == self.total_steps
             if logged:
                 h.steps.append(self.step)
                 h.loss.append(float(running) / max(1, running_n))
+                h.grad_norm.append(float(gn_sum) / max(1, running_n))
+                h.grad_norm_max.append(float(gn_max))
                 running.zero_()
+                gn_sum.zero_()
+                gn_max.zero_()
                 running_n = 0
             if cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0:
                 h.seconds = time.perf_counter() - start
