@@ -115,6 +115,10 @@ class ImageEvalConfig:
     pf_ode_solver: str = "dopri5"
     pf_ode_steps: int = 50  # rk4 / heun only
     pf_ode_rtol: float = 1e-4
+    pf_ode_probes: int = 1  # Rademacher probes of Hutchinson's divergence estimator
+    # lower endpoint of both bits/dim figures: sigma/alpha = this many half-bins of the data's grid (0: the
+    # process's own t_min); see difflab.experiments.images.evaluate.likelihood_process (issue 9, item 1b)
+    bpd_sigma_min: float = 1.5
     seed: int = 1234
 
     def options(self) -> dict[str, Any]:
@@ -207,6 +211,8 @@ def _check_ranges(config: ImageRunConfig) -> None:
         raise ConfigError(
             f"model.channel_mults must be a non-empty array of positive integers, got {m.channel_mults}"
         )
+    if ev.bpd_sigma_min < 0 or ev.pf_ode_probes < 1:
+        raise ConfigError("eval.bpd_sigma_min must be >= 0 and eval.pf_ode_probes >= 1")
     if ev.enabled and ev.n_samples < 2:
         raise ConfigError(f"eval.n_samples must be >= 2, got {ev.n_samples}")
 
