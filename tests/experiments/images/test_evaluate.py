@@ -12,14 +12,9 @@ import torch
 from torch import nn
 
 from difflab.data.images import load_image_data
+from difflab.experiments.images.bpd import discrete_bpd, likelihood_process, pf_ode_bpd, prior_mismatch
 from difflab.experiments.images.config import ImageEvalConfig
-from difflab.experiments.images.evaluate import (
-    discrete_bpd,
-    likelihood_process,
-    pf_ode_bpd,
-    prior_mismatch,
-    sample_quality,
-)
+from difflab.experiments.images.evaluate import sample_quality
 from difflab.experiments.images.train import grad_norm_summary
 from difflab.experiments.toy2d.config import TrainConfig
 from difflab.experiments.training.trainer import Trainer

@@ -24,6 +24,7 @@ import numpy as np
 
 from difflab.experiments.common.figures import save_image_grid
 from difflab.experiments.common.rundir import read_config, write_csv_atomic, write_json
+from difflab.experiments.images.bpd import bits_per_dim_metrics
 from difflab.experiments.images.config import (
     ImageEvalConfig,
     ImageRunConfig,
@@ -31,7 +32,6 @@ from difflab.experiments.images.config import (
     validate_image_config,
 )
 from difflab.experiments.images.evaluate import (
-    bits_per_dim_metrics,
     draw_image_samples,
     feature_network,
     sample_quality,
