@@ -46,16 +46,6 @@ COMMON = (
 )
 
 
-@pytest.mark.parametrize(
-    "model,extra,likelihood_key",
-    [
-        ("truth", {}, "nll"),
-        ("categorical_vae", {}, "nll"),
-        ("gaussian_vae", {"model": {"options": {"n_importance": 20, "n_elbo_samples": 2}}}, "nll_iwae"),
-        ("hierarchical_vae", {"model": {"options": {"n_importance": 20, "n_elbo_samples": 2}}}, "nll_iwae"),
-        ("lv_ddpm", {"process": {"name": "ddpm", "options": {"T": 20, "schedule": "cosine"}}}, None),
-    ],
-)
 def _mixture8_entropy_per_dim(n: int = 1_000_000) -> float:
     """h(q) / D of the z-scored 8-mode mixture from n fresh draws (s.e. ~ 1e-3): -E_q log q / 2."""
     import torch
@@ -67,6 +57,16 @@ def _mixture8_entropy_per_dim(n: int = 1_000_000) -> float:
     return float(-law.log_prob(x.to(torch.float64)).mean() / 2)
 
 
+@pytest.mark.parametrize(
+    "model,extra,likelihood_key",
+    [
+        ("truth", {}, "nll"),
+        ("categorical_vae", {}, "nll"),
+        ("gaussian_vae", {"model": {"options": {"n_importance": 20, "n_elbo_samples": 2}}}, "nll_iwae"),
+        ("hierarchical_vae", {"model": {"options": {"n_importance": 20, "n_elbo_samples": 2}}}, "nll_iwae"),
+        ("lv_ddpm", {"process": {"name": "ddpm", "options": {"T": 20, "schedule": "cosine"}}}, None),
+    ],
+)
 def test_baseline_rows_through_pipeline(tmp_path, model, extra, likelihood_key) -> None:
     r = run_experiment(_config(model, **extra), str(tmp_path))
     assert r["status"] == "finished", r
