@@ -100,3 +100,30 @@ def test_baseline_config_errors() -> None:
         validate_config(_config("nope"))
     with pytest.raises(ConfigError, match="known law"):
         validate_config(_config("truth", data={"name": "ring"}))
+
+
+def test_vae_training_loss_weights_the_closed_form_kl() -> None:
+    """GaussianVAE.loss: kl_weight scales, and free bits floor, the closed-form KL
+    1/2 sum_l (e^v + m^2 - 1 - v) of q(z|x) = N(m, e^v) against N(0, I) (Kingma & Welling 2014, app. B)."""
+    import torch
+
+    from difflab.baselines import GaussianVAE
+
+    torch.manual_seed(0)
+    vae = GaussianVAE(2, 3, 16, 2, decoder_var_init=0.05, decoder_var_min=1e-2)
+    x = torch.randn(64, 2)
+
+    def loss(**kw):
+        return float(vae.loss(x, torch.Generator().manual_seed(3), **kw))
+
+    with torch.no_grad():
+        m, v = vae.encode(x)
+        kl = 0.5 * (v.exp() + m**2 - 1 - v).mean(0)  # (L,) batch means
+    assert loss(kl_weight=0.0) - loss(kl_weight=1.0) == pytest.approx(-float(kl.sum()), rel=1e-5)
+    assert loss(kl_weight=0.5) == pytest.approx((loss(kl_weight=0.0) + loss(kl_weight=1.0)) / 2, rel=1e-5)
+    big = 10.0  # nats per latent: above every KL_l, so the KL term is exactly L * 10
+    assert loss(free_bits=big) == pytest.approx(loss(kl_weight=0.0) + 3 * big, rel=1e-5)
+    assert float(vae.decoder_log_variance[0]) == pytest.approx(math.log(0.05))
+    with torch.no_grad():
+        vae.decoder_logvar.fill_(-10.0)
+    assert float(vae.decoder_log_variance[0]) == pytest.approx(math.log(1e-2))  # the floor
