@@ -48,10 +48,14 @@ from difflab.experiments.toy2d.evaluate import sample_quality
 #: latent dimension are not penalised, and the decoder variance starts at ``decoder_var_init`` (a unit
 #: decoder variance on z-scored data explains everything as noise at KL = 0, the collapsed optimum) with
 #: the floor ``decoder_var_min``. kl_warmup = free_bits = 0, decoder_var_init = 1 is the plain VAE.
+#: Measured on score-sde-gmm's setting (mixture8, 2000 steps, batch 512, lr 3e-3, 128 x 3 MLPs, latent 2,
+#: IWAE with 1000 samples on 400 test points; true NLL 0.48): plain VAE IWAE NLL 1.431 (KL 0, collapsed
+#: onto the unit Gaussian, 1/2 log 2 pi e = 1.419); warm-up over 500 steps with decoder variance e^-4: 0.701
+#: (NELBO 0.929, KL 3.3 nats); the same with free bits 0.25 and warm-up 1000: 0.715.
 VAE_FIT: dict[str, float] = {
     "kl_warmup": 0.25,
     "free_bits": 0.0,
-    "decoder_var_init": 0.05,
+    "decoder_var_init": 0.0183,  # e^-4
     "decoder_var_min": 1e-4,
 }
 
