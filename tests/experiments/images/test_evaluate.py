@@ -173,3 +173,12 @@ def test_exact_denoiser_of_discrete_images_scores_their_entropy():
     exact = _ExactDenoiser(base)
     bad, _ = pf_ode_bpd(exact, base, x, levels=LEVELS, solver="heun", steps=10, rtol=0, batch=16, generator=g)
     assert float(bad.mean()) > 1000
+
+
+def test_a_pf_ode_figure_worse_than_uniform_on_the_grid_is_withheld():
+    from difflab.experiments.images.bpd import untrusted_pf_ode
+
+    assert untrusted_pf_ode(2.34, LEVELS) == {"bpd_pf_ode_untrusted": False}
+    out = untrusted_pf_ode(904.7, LEVELS)  # the quick preset's eps arm
+    assert out["bpd_pf_ode_untrusted"] and out["bpd_pf_ode_raw"] == 904.7 and math.isnan(out["bpd_pf_ode"])
+    assert untrusted_pf_ode(math.log2(LEVELS) + 1e-9, LEVELS)["bpd_pf_ode_untrusted"]

@@ -72,8 +72,11 @@ def test_end_to_end_digits_metrics_with_floor_logs_and_grids(tmp_path):
     run = tmp_path / "run"
     result = run_image_experiment(_config(tmp_path), str(run))
     assert result["status"] == "finished" and result["steps"] == 20
-    for key in ("fid", "fid_floor", "fid_same_n", "kid", "kid_floor", "is", "is_floor", "bpd", "bpd_pf_ode"):
+    for key in ("fid", "fid_floor", "fid_same_n", "kid", "kid_floor", "is", "is_floor", "bpd"):
         assert math.isfinite(result[key]), key
+    # a PF-ODE figure worse than uniform on the 17 levels is withheld (NaN, raw value kept), else shown
+    pf = result.get("bpd_pf_ode_raw") if result["bpd_pf_ode_untrusted"] else result["bpd_pf_ode"]
+    assert math.isfinite(pf) and result["bpd_pf_ode_untrusted"] == (pf > math.log2(17))
     # 20 steps of a tiny model are far from the data; the held-out floor is far below the model's FID
     assert 0 <= result["fid_floor"] < result["fid_same_n"]
     # IS of the held-out set, by hand from the run's (cached) classifier: exp(E_x KL(p(y|x) || p(y))) over
