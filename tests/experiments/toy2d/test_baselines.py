@@ -124,7 +124,25 @@ def test_vae_training_loss_weights_the_closed_form_kl() -> None:
     assert loss(kl_weight=0.5) == pytest.approx((loss(kl_weight=0.0) + loss(kl_weight=1.0)) / 2, rel=1e-5)
     big = 10.0  # nats per latent: above every KL_l, so the KL term is exactly L * 10
     assert loss(free_bits=big) == pytest.approx(loss(kl_weight=0.0) + 3 * big, rel=1e-5)
-    assert float(vae.decoder_log_variance[0]) == pytest.approx(math.log(0.05))
+    assert float(vae.decoder_log_variance[0].detach()) == pytest.approx(math.log(0.05))
     with torch.no_grad():
         vae.decoder_logvar.fill_(-10.0)
-    assert float(vae.decoder_log_variance[0]) == pytest.approx(math.log(1e-2))  # the floor
+    assert float(vae.decoder_log_variance[0].detach()) == pytest.approx(math.log(1e-2))  # the floor
+
+
+def test_score_sde_gmm_baseline_rows_are_the_fair_ones() -> None:
+    """The preset's VAE rows train with warm-up and a small initial decoder variance (plain ones collapse to
+    the unit Gaussian, IWAE NLL 1.431), and its learned-variance DDPM uses Nichol & Dhariwal's beta cap
+    0.999: the last step's eps-parameterised mean scales eps errors by (1 - beta_T)^-1/2 (100 at 0.9999)."""
+    from difflab.cli import BUILTIN_STUDIES
+    from difflab.experiments.study.spec import expand, load_study
+    from difflab.experiments.toy2d.baselines import VAE_FIT, build_baseline
+
+    specs = {s.run_id: s for s in expand(load_study("score-sde-gmm", BUILTIN_STUDIES))}
+    chain = build_baseline(validate_config(specs["lv_ddpm"].config)).chain
+    assert float(chain.betas.max()) == pytest.approx(0.999)
+    assert (1 - float(chain.betas[-1])) ** -0.5 == pytest.approx(1000**0.5)
+    for row in ("gaussian_vae", "hierarchical_vae"):
+        opts = validate_config(specs[row].config).model.options
+        assert {k: opts.get(k, v) for k, v in VAE_FIT.items()} == VAE_FIT  # the preset keeps the defaults
+    assert VAE_FIT["kl_warmup"] > 0 and VAE_FIT["decoder_var_init"] < 0.05
