@@ -505,8 +505,7 @@ def train_vae(
     ``model.tau``. At the end ``model.tau`` is set to the last temperature used. Models with
     ``supports_kl_weight`` (Gaussian and hierarchical VAE) train with the KL weight rising linearly from 0 to
     1 over the first ``kl_warmup`` steps and ``free_bits`` nats per latent dimension (their ``loss``);
-    ``history["loss"]`` is the training loss, ``history["kl_weight"]`` its weight.
-    """
+    ``history["loss"]`` is the training loss, ``history["kl_weight"]`` its weight."""
     ref = _ref(model)
     x_train = x_train.to(dtype=ref.dtype, device=ref.device)
     n = x_train.shape[0]

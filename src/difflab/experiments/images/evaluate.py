@@ -182,12 +182,7 @@ def sample_quality(
     floor = compute(heldout[:n_h])
     same = model if n_h == samples.shape[0] else compute(samples[:n_h])
     return {
-        "fid": model["fid"],
-        "kid": model["kid"],
-        "kid_std": model["kid_std"],
-        "is": model["is"],
-        "is_std": model["is_std"],
-        "n_fake": model["n_fake"],
+        **{k: model[k] for k in ("fid", "kid", "kid_std", "is", "is_std", "n_fake")},
         "n_ref": model["n_real"],
         "fid_floor": floor["fid"],
         "kid_floor": floor["kid"],
