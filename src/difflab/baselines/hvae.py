@@ -25,6 +25,7 @@ All values are nats per example.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -61,6 +62,7 @@ class HierarchicalVAE(nn.Module):
     """
 
     uses_temperature = False
+    supports_kl_weight = True
 
     def __init__(
         self,
@@ -71,6 +73,8 @@ class HierarchicalVAE(nn.Module):
         *,
         linear: bool = False,
         inference: Literal["bottom_up", "ladder"] = "bottom_up",
+        decoder_var_init: float = 1.0,
+        decoder_var_min: float = 0.0,
     ) -> None:
         super().__init__()
         if len(latent_dims) != 2:
@@ -90,7 +94,8 @@ class HierarchicalVAE(nn.Module):
             self.p_z1 = mlp(self.z2_dim, 2 * self.z1_dim, hidden, layers)
             self.register_parameter("p_z1_logvar", None)
             self.p_x = mlp(self.z1_dim, data_dim, hidden, layers)
-        self.p_x_logvar = nn.Parameter(torch.zeros(data_dim))
+        self.p_x_logvar = nn.Parameter(torch.full((data_dim,), math.log(decoder_var_init)))
+        self.p_x_logvar_min = math.log(decoder_var_min) if decoder_var_min > 0 else -math.inf
         # inference
         if inference == "bottom_up":
             self.q_z1 = mlp(data_dim, 2 * self.z1_dim, hidden, layers)
@@ -102,6 +107,11 @@ class HierarchicalVAE(nn.Module):
             self.q_z2 = nn.Linear(hidden, 2 * self.z2_dim)
 
     # -- generative conditionals ------------------------------------------------------------------------
+    @property
+    def p_x_log_variance(self) -> Tensor:
+        """``log Dx`` of ``p(x|z1)``, floored at ``log decoder_var_min``."""
+        return self.p_x_logvar.clamp(min=self.p_x_logvar_min)
+
     def prior_z1(self, z2: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of ``p(z1|z2)``."""
         if self.linear:
@@ -111,7 +121,7 @@ class HierarchicalVAE(nn.Module):
 
     def decoder_log_prob(self, x: Tensor, z1: Tensor) -> Tensor:
         """``log p(x|z1)``."""
-        return gaussian_log_prob(x, self.p_x(z1), self.p_x_logvar)
+        return gaussian_log_prob(x, self.p_x(z1), self.p_x_log_variance)
 
     # -- inference ---------------------------------------------------------------------------------------
     def _draw(
@@ -149,9 +159,23 @@ class HierarchicalVAE(nn.Module):
         val = rec - gaussian_kl(m1, v1, pm, pv)
         return val.mean(dim=0) - standard_normal_kl(m2, v2)
 
-    def loss(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Negative single-sample ELBO, averaged over the batch."""
-        return -self.elbo(x, generator).mean()
+    def loss(
+        self, x: Tensor, generator: torch.Generator | None, kl_weight: float = 1.0, free_bits: float = 0.0
+    ) -> Tensor:
+        """Training loss -(E log p(x|z1) - kl_weight * sum_k max(free_bits * dim z_k, KL_k)), one draw, batch
+        mean; KL_1, KL_2 the batch-mean KL terms of the two layers (as in :meth:`elbo`; KL_1 a one-draw
+        estimate under bottom-up inference). kl_weight = 1, free_bits = 0: the negative ELBO. Warm-up and
+        free bits as :meth:`GaussianVAE.loss <difflab.baselines.vae.GaussianVAE.loss>`."""
+        z1, _z2, (m1, v1), (m2, v2), (pm, pv) = self._draw(x, 1, generator)
+        rec = self.decoder_log_prob(x, z1).mean()
+        if self.inference == "bottom_up":
+            entropy_z1 = 0.5 * (1.0 + LOG_2PI + v1).sum(dim=-1)
+            kl1 = -(gaussian_log_prob(z1, pm, pv) + entropy_z1).mean()
+        else:
+            kl1 = gaussian_kl(m1, v1, pm, pv).mean()
+        kl2 = standard_normal_kl(m2, v2).mean()
+        penalty = kl1.clamp(min=free_bits * self.z1_dim) + kl2.clamp(min=free_bits * self.z2_dim)
+        return -(rec - kl_weight * penalty)
 
     def log_likelihood_is(
         self, x: Tensor, generator: torch.Generator | None, n_importance: int = 1000, chunk_size: int = 500
@@ -177,7 +201,7 @@ class HierarchicalVAE(nn.Module):
         A, a = self.p_z1.weight, self.p_z1.bias
         W, b = self.p_x.weight, self.p_x.bias
         cov_z1 = A @ A.T + torch.diag(torch.exp(self.p_z1_logvar))
-        return W @ a + b, W @ cov_z1 @ W.T + torch.diag(torch.exp(self.p_x_logvar))
+        return W @ a + b, W @ cov_z1 @ W.T + torch.diag(torch.exp(self.p_x_log_variance))
 
     def log_likelihood_exact(self, x: Tensor) -> Tensor:
         """Exact ``log p(x)`` for linear conditionals, shape ``(B,)``."""
@@ -194,5 +218,5 @@ class HierarchicalVAE(nn.Module):
         pm, pv = self.prior_z1(z2)
         z1 = pm + torch.exp(0.5 * pv) * _randn(pm.shape, generator, ref)
         mean = self.p_x(z1)
-        x = mean + torch.exp(0.5 * self.p_x_logvar) * _randn(mean.shape, generator, ref)
+        x = mean + torch.exp(0.5 * self.p_x_log_variance) * _randn(mean.shape, generator, ref)
         return (x, z1, z2) if return_latents else x

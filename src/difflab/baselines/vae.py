@@ -305,7 +305,8 @@ class GaussianVAE(nn.Module):
     """Standard Gaussian VAE (Kingma & Welling 2014).
 
     ``p(z) = N(0, I_L)``, ``p(x|z) = N(mu_theta(z), diag exp(s))`` with a learned per-dimension log-variance
-    ``s``; ``mu_theta`` an MLP, or ``W z + b`` with ``linear_decoder=True`` (then ``p(x)`` is the Gaussian
+    ``s`` (initialised at ``log decoder_var_init``, floored at ``log decoder_var_min``); ``mu_theta`` an
+    MLP, or ``W z + b`` with ``linear_decoder=True`` (then ``p(x)`` is the Gaussian
     ``N(b, W W^T + diag e^s)``, the probabilistic-PCA marginal). ``q(z|x) = N(m(x), diag e^{v(x)})``.
 
     ``ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z))`` with reparameterised ``z = m + e^{v/2} eps`` and
@@ -313,6 +314,7 @@ class GaussianVAE(nn.Module):
     """
 
     uses_temperature = False
+    supports_kl_weight = True
 
     def __init__(
         self,
@@ -322,16 +324,25 @@ class GaussianVAE(nn.Module):
         layers: int = 3,
         *,
         linear_decoder: bool = False,
+        decoder_var_init: float = 1.0,
+        decoder_var_min: float = 0.0,
     ) -> None:
         super().__init__()
         self.data_dim = data_dim
         self.latent_dim = latent_dim
         self.linear_decoder = linear_decoder
+        self.decoder_logvar_min = math.log(decoder_var_min) if decoder_var_min > 0 else -math.inf
         self.encoder = mlp(data_dim, 2 * latent_dim, hidden, layers)
         self.decoder = (
             nn.Linear(latent_dim, data_dim) if linear_decoder else mlp(latent_dim, data_dim, hidden, layers)
         )
-        self.decoder_logvar = nn.Parameter(torch.zeros(data_dim))
+        self.decoder_logvar = nn.Parameter(torch.full((data_dim,), math.log(decoder_var_init)))
+
+    @property
+    def decoder_log_variance(self) -> Tensor:
+        """``s`` of ``p(x|z)``, floored at ``log decoder_var_min`` (a floor keeps the decoder from shrinking
+        onto training points; the gradient below the floor is zero)."""
+        return self.decoder_logvar.clamp(min=self.decoder_logvar_min)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of ``q(z|x)``, each ``(B, L)``."""
@@ -339,7 +350,7 @@ class GaussianVAE(nn.Module):
 
     def decoder_log_prob(self, x: Tensor, z: Tensor) -> Tensor:
         """``log p(x|z)`` (broadcast over leading sample dims of ``z``)."""
-        return gaussian_log_prob(x, self.decoder(z), self.decoder_logvar)
+        return gaussian_log_prob(x, self.decoder(z), self.decoder_log_variance)
 
     def elbo(self, x: Tensor, generator: torch.Generator | None, n_samples: int = 1) -> Tensor:
         """Monte-Carlo ELBO, mean over ``n_samples`` reparameterised draws, shape ``(B,)`` (nats/example)."""
@@ -348,9 +359,18 @@ class GaussianVAE(nn.Module):
         z = mean + torch.exp(0.5 * logvar) * eps
         return self.decoder_log_prob(x, z).mean(dim=0) - standard_normal_kl(mean, logvar)
 
-    def loss(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Negative single-sample ELBO, averaged over the batch."""
-        return -self.elbo(x, generator).mean()
+    def loss(
+        self, x: Tensor, generator: torch.Generator | None, kl_weight: float = 1.0, free_bits: float = 0.0
+    ) -> Tensor:
+        """Training loss: -(E_q log p(x|z) - kl_weight * sum_l max(free_bits, KL_l)), one reparameterised
+        draw, batch mean; KL_l the batch-mean KL of latent l. kl_weight = 1, free_bits = 0 is the negative
+        ELBO; kl_weight < 1 is KL warm-up (Bowman et al. 2016, Sønderby et al. 2016); free_bits lambda > 0
+        stops pushing a latent's KL below lambda nats (Kingma et al. 2016, eq. 15) -- both against posterior
+        collapse. Evaluation always uses the true ELBO / IWAE bound."""
+        mean, logvar = self.encode(x)
+        z = mean + torch.exp(0.5 * logvar) * _randn(mean.shape, generator, mean)
+        kl = (0.5 * (torch.exp(logvar) + mean.square() - 1.0 - logvar)).mean(dim=0)  # (L,)
+        return -(self.decoder_log_prob(x, z).mean() - kl_weight * kl.clamp(min=free_bits).sum())
 
     def log_likelihood_is(
         self, x: Tensor, generator: torch.Generator | None, n_importance: int = 1000, chunk_size: int = 500
@@ -375,7 +395,7 @@ class GaussianVAE(nn.Module):
         if not self.linear_decoder:
             raise ValueError("the marginal is Gaussian only with linear_decoder=True")
         W, b = self.decoder.weight, self.decoder.bias
-        return b, W @ W.T + torch.diag(torch.exp(self.decoder_logvar))
+        return b, W @ W.T + torch.diag(torch.exp(self.decoder_log_variance))
 
     def log_likelihood_exact(self, x: Tensor) -> Tensor:
         """Exact ``log p(x)`` for the linear decoder, shape ``(B,)``."""
@@ -388,7 +408,7 @@ class GaussianVAE(nn.Module):
         ref = _ref(self)
         z = _randn((n, self.latent_dim), generator, ref)
         mean = self.decoder(z)
-        return mean + torch.exp(0.5 * self.decoder_logvar) * _randn(mean.shape, generator, ref)
+        return mean + torch.exp(0.5 * self.decoder_log_variance) * _randn(mean.shape, generator, ref)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -473,6 +493,8 @@ def train_vae(
     generator: torch.Generator | None,
     tau_schedule: Callable[[int], float] | tuple[float, float] | None = None,
     grad_clip: float | None = 10.0,
+    kl_warmup: int = 0,
+    free_bits: float = 0.0,
 ) -> dict[str, list[float]]:
     """Adam on ``model.loss`` (the mean negative ELBO); returns ``{"loss": [...], "tau": [...]}`` per step.
 
@@ -480,8 +502,10 @@ def train_vae(
     replacement using ``generator``. For models with ``uses_temperature`` (:class:`CategoricalVAE`) the
     Gumbel-softmax temperature follows ``tau_schedule``: a callable ``step -> tau``, a pair
     ``(tau_start, tau_end)`` for exponential annealing over ``steps``, or ``None`` for the constant
-    ``model.tau``. At the end ``model.tau`` is set to the last temperature used.
-    """
+    ``model.tau``. At the end ``model.tau`` is set to the last temperature used. Models with
+    ``supports_kl_weight`` (Gaussian and hierarchical VAE) train with the KL weight rising linearly from 0 to
+    1 over the first ``kl_warmup`` steps and ``free_bits`` nats per latent dimension (their ``loss``);
+    ``history["loss"]`` is the training loss, ``history["kl_weight"]`` its weight."""
     ref = _ref(model)
     x_train = x_train.to(dtype=ref.dtype, device=ref.device)
     n = x_train.shape[0]
@@ -489,7 +513,8 @@ def train_vae(
     if isinstance(tau_schedule, tuple):
         tau_schedule = exponential_tau_schedule(tau_schedule[0], tau_schedule[1], steps)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    history: dict[str, list[float]] = {"loss": [], "tau": []}
+    history: dict[str, list[float]] = {"loss": [], "tau": [], "kl_weight": []}
+    uses_kl = bool(getattr(model, "supports_kl_weight", False))
     model.train()
     tau: float | None = None
     for step in range(steps):
@@ -501,6 +526,10 @@ def train_vae(
         if uses_tau:
             tau = tau_schedule(step) if tau_schedule is not None else float(model.tau)
             loss = model.loss(xb, generator, tau=tau)
+        elif uses_kl:
+            beta = min(1.0, (step + 1) / kl_warmup) if kl_warmup > 0 else 1.0
+            loss = model.loss(xb, generator, kl_weight=beta, free_bits=free_bits)
+            history["kl_weight"].append(beta)
         else:
             loss = model.loss(xb, generator)
         opt.zero_grad(set_to_none=True)

@@ -122,6 +122,10 @@ class ImageEvalConfig:
     pf_ode_solver: str = param("dopri5", doc="PF-ODE solver")
     pf_ode_steps: int = param(50, ge=1, doc="steps of rk4 / heun")
     pf_ode_rtol: float = param(1e-4, gt=0, le=1e-2, doc="dopri5 rtol of the PF-ODE")
+    pf_ode_probes: int = param(1, ge=1, doc="Rademacher probes of Hutchinson's divergence estimator")
+    # lower endpoint of both bits/dim figures: sigma/alpha = this many half-bins of the data's grid (0: the
+    # process's own t_min); see difflab.experiments.images.bpd.likelihood_process (issue 9, item 1b)
+    bpd_sigma_min: float = param(1.5, ge=0, doc="lower endpoint of the bits/dim figures, in half-bins")
     seed: int = param(1234, doc="seed of sampling and evaluation")
 
     def options(self) -> dict[str, Any]:

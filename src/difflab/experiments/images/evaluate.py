@@ -10,22 +10,19 @@ recorded) or of the standard Inception network from a local TorchScript file:
 * ``fid_same_n`` / ``kid_same_n``: the model's first n_h samples against R, the same n as the floor
   (FID is biased upward at small n, so only same-n numbers compare with the floor).
 
-Bits/dim (:func:`bits_per_dim_metrics`):
+Samples are rounded to the data's grey-level grid (:func:`difflab.metrics.images.quantize`: 256 levels for
+8-bit sets, 17 for the digits) before features, as pytorch-fid / torch-fidelity score uint8 images: the real
+and held-out images lie on that grid, and unquantized samples would differ from them in a way no
+classifier should be asked to see. ``fid_eps_fallback`` (and ``*_floor`` / ``*_same_n``) records whether
+the Frechet distance needed the eps*I covariance fallback
+(:class:`~difflab.metrics.images.FIDFallbackWarning`).
 
-* ``bpd``: the discrete NELBO of Ho et al. (2020, eq. 5) with the step KLs
-  1/2 (SNR_{i-1} - SNR_i)|x0 - x0_hat|^2 and the *discretized* Gaussian decoder
-  N(x0_hat(x_1), sigma_1^2/alpha_1^2) integrated over the data's grey-level bins (256 for 8-bit images;
-  17 for the 0..16 digits), i.e. a discrete NLL: no dequantization needed.
-* ``bpd_pf_ode``: -log p of the probability-flow ODE (Song et al. 2021, sec. 4.3) with Hutchinson's trace
-  estimator (one Rademacher probe), on *uniformly dequantized* data y = x + (U - 1/2) w, w = 2/(levels - 1)
-  the bin width, plus log2(1/w) per dimension (Theis et al. 2016): an upper bound on the discrete NLL in
-  expectation. It is log p_{t_min} of the model's ODE, not log p_0 (see difflab.likelihood.pf_ode).
+Bits/dim and the prior mismatch: :mod:`difflab.experiments.images.bpd`.
 """
 
 from __future__ import annotations
 
 import fcntl
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -155,21 +152,25 @@ def sample_quality(
     heldout: Tensor,
     samples: Tensor,
     *,
+    levels: int,
     seed: int = 0,
     with_floor: bool = True,
     feature: str | None = None,
     kid_subsets: int = 50,
 ) -> dict[str, Any]:
-    """FID, KID, IS of ``samples`` against ``reference``; with the floor (``heldout`` against ``reference``)
-    and the model at the floor's n (module docstring). KID: ``kid_subsets`` subsets of up to 1000.
-    Without the floor (tracking during training) only FID and IS are computed."""
+    """FID, KID, IS of ``samples`` (first rounded to the data's ``levels`` grey levels) against
+    ``reference``; with the floor (``heldout`` against ``reference``) and the model at the floor's n (module
+    docstring). KID: ``kid_subsets`` subsets of up to 1000. Without the floor (tracking during training)
+    only FID and IS are computed."""
     from difflab.metrics.images import (
         ImageMetrics,
         extract_features,
         fid_from_features,
         inception_score_from_logits,
+        quantize,
     )
 
+    samples = quantize(samples, levels)
     if not with_floor:
         f_ref, _ = extract_features(net, reference, 500)
         f_fake, logits = extract_features(net, samples, 500)
@@ -183,19 +184,15 @@ def sample_quality(
 
     def compute(fake: Tensor) -> dict[str, Any]:
         sub = min(1000, fake.shape[0], reference.shape[0])
-        return metrics.compute(reference, fake, kid_subsets=kid_subsets, kid_subset_size=sub, seed=seed)
+        res = metrics.compute(reference, fake, kid_subsets=kid_subsets, kid_subset_size=sub, seed=seed)
+        return {**res, "fid_eps_fallback": bool(metrics.last_fid_eps_fallback)}
 
     model = compute(samples)
     n_h = min(heldout.shape[0], samples.shape[0])
     floor = compute(heldout[:n_h])
     same = model if n_h == samples.shape[0] else compute(samples[:n_h])
     return {
-        "fid": model["fid"],
-        "kid": model["kid"],
-        "kid_std": model["kid_std"],
-        "is": model["is"],
-        "is_std": model["is_std"],
-        "n_fake": model["n_fake"],
+        **{k: model[k] for k in ("fid", "kid", "kid_std", "is", "is_std", "n_fake")},
         "n_ref": model["n_real"],
         "fid_floor": floor["fid"],
         "kid_floor": floor["kid"],
@@ -204,151 +201,9 @@ def sample_quality(
         "kid_same_n": same["kid"],
         "n_floor": n_h,
         "kid_subsets": kid_subsets,
+        "levels": int(levels),
+        "fid_eps_fallback": model["fid_eps_fallback"],
+        "fid_floor_eps_fallback": floor["fid_eps_fallback"],
+        "fid_same_n_eps_fallback": same["fid_eps_fallback"],
     }
 
-
-# --------------------------------------------------------------------------------------------- bits/dim
-
-
-def _first_level(process: Any, T: int) -> float:
-    from difflab.processes import DiscreteChain
-
-    return 1.0 / process.T if isinstance(process, DiscreteChain) else float(process.t_min)
-
-
-@torch.no_grad()
-def discrete_bpd(
-    denoiser: nn.Module,
-    process: Any,
-    x: Tensor,
-    *,
-    levels: int,
-    mc_steps: int,
-    T: int,
-    batch: int,
-    generator: torch.Generator,
-) -> Tensor:
-    """Per-image discrete NELBO in bits/dim with the discretized decoder over ``levels`` grey levels.
-
-    prior + sum of step KLs from :func:`difflab.likelihood.elbo.discrete_nelbo` (exact over all steps, or
-    ``mc_steps`` Monte-Carlo steps per image), reconstruction -log P(x0 | x_1) with
-    :func:`discretized_gaussian_log_likelihood` at ``bins = levels``.
-    """
-    from difflab.likelihood.discrete_elbo import discrete_nelbo
-    from difflab.likelihood.elbo import discretized_gaussian_log_likelihood
-    from difflab.processes import DiscreteChain
-
-    chain_T = None if isinstance(process, DiscreteChain) else T
-    t1 = _first_level(process, T)
-    c = process.coefficients(torch.tensor([t1], dtype=torch.float64))
-    log_scale = torch.log(c.sigma[0]) - torch.log(c.alpha[0])
-    out = []
-    for lo in range(0, x.shape[0], batch):
-        xb = x[lo : lo + batch]
-        res = discrete_nelbo(
-            denoiser,
-            process,
-            xb,
-            generator=generator,
-            decoder="gaussian",
-            exact_steps=mc_steps == 0,
-            n_steps_mc=max(1, mc_steps),
-            T=chain_T,
-            max_batch=batch,
-        )
-        eps = torch.randn(xb.shape, generator=generator, dtype=xb.dtype).to(xb.device)
-        x_1 = float(c.alpha[0]) * xb + float(c.sigma[0]) * eps
-        x0_hat = denoiser(x_1, torch.full((xb.shape[0],), t1, dtype=torch.float64, device=xb.device))
-        ll = discretized_gaussian_log_likelihood(xb, x0_hat, log_scale, bins=levels)
-        recon = -ll.reshape(xb.shape[0], -1).sum(1).cpu()
-        total = res.prior + recon + res.diffusion
-        out.append(total / (res.dim * math.log(2.0)))
-    return torch.cat(out)
-
-
-def pf_ode_bpd(
-    denoiser: nn.Module,
-    process: Any,
-    x: Tensor,
-    *,
-    levels: int,
-    solver: str,
-    steps: int,
-    rtol: float,
-    batch: int,
-    generator: torch.Generator,
-) -> tuple[Tensor, int]:
-    """Per-image PF-ODE bits/dim (Hutchinson, uniform dequantization; see the module docstring).
-
-    Returns (bpd, nfe). Turns off ``requires_grad`` of the denoiser's parameters (pass an evaluation copy)."""
-    from difflab.likelihood.pf_ode import bits_per_dim, pf_ode_log_likelihood
-    from difflab.processes import DiscreteChain
-
-    width = 2.0 / (levels - 1)
-    grid = "uniform_logsnr" if isinstance(process, DiscreteChain) else "uniform_t"
-    for p in denoiser.parameters():
-        p.requires_grad_(False)
-    out, nfe = [], 0
-    for lo in range(0, x.shape[0], batch):
-        xb = x[lo : lo + batch]
-        u = torch.rand(xb.shape, generator=generator, dtype=xb.dtype).to(xb.device)
-        y = xb + (u - 0.5) * width
-        res = pf_ode_log_likelihood(
-            denoiser,
-            process,
-            y,
-            divergence="hutchinson",
-            n_probes=1,
-            solver=solver,
-            steps=steps,
-            rtol=rtol,
-            atol=rtol,
-            generator=generator,
-            grid=grid,
-        )
-        out.append(bits_per_dim(res.log_prob.detach().cpu(), xb[0].numel(), bin_width=width))
-        nfe = max(nfe, res.nfe)
-    return torch.cat(out), nfe
-
-
-def _mean_se(v: Tensor) -> tuple[float, float]:
-    v = v.to(torch.float64)
-    se = float(v.std() / math.sqrt(v.numel())) if v.numel() > 1 else float("nan")
-    return float(v.mean()), se
-
-
-def bits_per_dim_metrics(
-    config: ImageRunConfig, denoiser: nn.Module, process: Any, x_val: Tensor, levels: int
-) -> dict[str, Any]:
-    """``bpd`` (discrete ELBO) and ``bpd_pf_ode`` on the first held-out images, with standard errors."""
-    ev = config.eval
-    out: dict[str, Any] = {}
-    g = torch.Generator().manual_seed(ev.seed + 17)
-    if ev.bpd and ev.n_bpd > 0:
-        v = discrete_bpd(
-            denoiser,
-            process,
-            x_val[: ev.n_bpd],
-            levels=levels,
-            mc_steps=ev.bpd_mc_steps,
-            T=ev.bpd_levels,
-            batch=ev.batch,
-            generator=g,
-        )
-        out["bpd"], out["bpd_se"] = _mean_se(v)
-        out["n_bpd"] = int(v.numel())
-    if ev.pf_ode and ev.n_pf_ode > 0:
-        v, nfe = pf_ode_bpd(
-            denoiser,
-            process,
-            x_val[: ev.n_pf_ode],
-            levels=levels,
-            solver=ev.pf_ode_solver,
-            steps=ev.pf_ode_steps,
-            rtol=ev.pf_ode_rtol,
-            batch=ev.batch,
-            generator=g,
-        )
-        out["bpd_pf_ode"], out["bpd_pf_ode_se"] = _mean_se(v)
-        out["n_pf_ode"], out["pf_ode_nfe"] = int(v.numel()), int(nfe)
-    return out

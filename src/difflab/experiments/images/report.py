@@ -65,7 +65,9 @@ NOTES = [
     "discretized Gaussian decoder over the data's grey levels (256; digits have 17), a discrete NLL bound "
     "(no dequantization). bpd_pf_ode: probability-flow ODE likelihood with Hutchinson's estimator on "
     "uniformly dequantized data plus log2(1/bin width), an upper bound in expectation. *_se: standard "
-    "errors.",
+    "errors. Both start at sigma = eval.bpd_sigma_min half-bins of the grid (default 1.5). A PF-ODE "
+    "figure above log2(levels) (worse than uniform on the grid) is an estimator failure and is left out "
+    "(NaN; bpd_pf_ode_raw keeps it).",
     "Every arm sees the same data order, flips, t and eps draws (common random numbers) and the same "
     "sampler seeds; best_val_loss is the EMA model's held-out objective (comparable within an objective "
     "only).",

@@ -33,6 +33,7 @@ from difflab.experiments.common.rundir import (
     write_csv_atomic,
     write_json,
 )
+from difflab.experiments.images.bpd import bits_per_dim_metrics
 from difflab.experiments.images.config import (
     ImageEvalConfig,
     ImageRunConfig,
@@ -41,7 +42,6 @@ from difflab.experiments.images.config import (
     validate_image_config,
 )
 from difflab.experiments.images.evaluate import (
-    bits_per_dim_metrics,
     draw_image_samples,
     feature_network,
     resolve_grid,
@@ -51,6 +51,7 @@ from difflab.experiments.images.evaluate import (
 from difflab.experiments.images.train import (
     ImageParts,
     build_image_parts,
+    grad_norm_summary,
     load_ema_denoiser,
     train_image_model,
 )
@@ -103,7 +104,14 @@ def _tracking_hook(parts: ImageParts, run_dir: str, net: Any, feature: str | Non
         if net is None or ev.n_track < 2:
             return {}
         q = sample_quality(
-            net, reference, parts.x_val, x[: ev.n_track], seed=ev.seed, with_floor=False, feature=feature
+            net,
+            reference,
+            parts.x_val,
+            x[: ev.n_track],
+            levels=parts.levels,
+            seed=ev.seed,
+            with_floor=False,
+            feature=feature,
         )
         return {"fid": q["fid"], "is": q["is"]}
 
@@ -132,6 +140,7 @@ def final_metrics(parts: ImageParts, ema: Any, run_dir: str | None, net: Any, fe
             parts.train_data.images,
             parts.x_val.cpu(),
             x,
+            levels=parts.levels,
             seed=ev.seed,
             feature=feature_info.get("feature"),
         )
@@ -163,6 +172,7 @@ def _result_from_trainer(trainer: Any, parts: ImageParts) -> dict[str, Any]:
         "train_seconds": round(h.seconds, 3),
         "final_loss": h.loss[-1] if h.loss else float("nan"),
         "n_params": sum(p.numel() for p in parts.unet.parameters()),
+        **grad_norm_summary(h),
     }
     early = trainer.extra.get("early", {})
     if trainer.extra.get("evals"):
@@ -180,7 +190,8 @@ def _result_from_trainer(trainer: Any, parts: ImageParts) -> dict[str, Any]:
 def _write_history(run_dir: str, trainer: Any) -> None:
     h = trainer.history
     centres, by_time = h.loss_by_time()
-    history = {"steps": h.steps, "loss": h.loss, "time_bins": centres, "loss_by_time": by_time}
+    history = {"steps": h.steps, "loss": h.loss, "grad_norm": h.grad_norm, "grad_norm_max": h.grad_norm_max}
+    history |= {"time_bins": centres, "loss_by_time": by_time}
     write_json(os.path.join(run_dir, "history.json"), {**history, "evals": trainer.extra.get("evals", [])})
 
 

@@ -209,6 +209,19 @@ def train_image_model(
     return trainer
 
 
+def grad_norm_summary(history: Any) -> dict[str, float]:
+    """Instability figures of a run from its pre-clip gradient-norm history (Trainer.history):
+    ``grad_norm_max`` = the largest single-step norm, ``grad_norm_median`` = the median over log intervals of
+    the interval mean, ``grad_spike_ratio`` = their ratio (seed 001's loss-weight spikes show up here even
+    when ``train.grad_clip`` keeps them out of the update). Empty history: {}."""
+    if not history.grad_norm:
+        return {}
+    peak = max(history.grad_norm_max)
+    median = float(torch.tensor(history.grad_norm, dtype=torch.float64).median())
+    ratio = peak / median if median > 0 else float("inf")
+    return {"grad_norm_max": peak, "grad_norm_median": median, "grad_spike_ratio": ratio}
+
+
 def checkpoint_path(run_dir: str) -> str:
     return os.path.join(run_dir, "checkpoint.pt")
 

@@ -55,7 +55,7 @@ def image_run(config: Any, root: Path, nfe: int | None = None, n: int | None = N
     """Sample ``n_samples`` images at the run's NFE and score them (``_samples``: the draws)."""
     from difflab.data.images import dataset_shape
     from difflab.experiments.images.evaluate import draw_image_samples, feature_network, sample_quality
-    from difflab.experiments.images.train import load_split
+    from difflab.experiments.images.train import DATA_LEVELS, load_split
     from difflab.processes import build_process
     from difflab.samplers import SAMPLERS
 
@@ -83,7 +83,10 @@ def image_run(config: Any, root: Path, nfe: int | None = None, n: int | None = N
     train, test = load_split(recipe, "train"), load_split(recipe, "test")
     net, feature_info = feature_network(recipe, train, test, device)
     heldout = test.images[: recipe.data.n_val] if recipe.data.n_val else test.images
-    q = sample_quality(net, train.images, heldout, x, seed=config.seed, feature=feature_info.get("feature"))
+    levels = DATA_LEVELS[recipe.data.name]  # samples enter the features on the data's grey levels
+    q = sample_quality(
+        net, train.images, heldout, x, levels=levels, seed=config.seed, feature=feature_info.get("feature")
+    )
     result.update({k: q[k] for k in IMAGE_METRICS if k in q})
     result["model_fid"] = float(model_metrics.get("fid", float("nan")))
     result["_samples"] = x

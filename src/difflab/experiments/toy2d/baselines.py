@@ -43,6 +43,22 @@ from difflab.experiments.common.rundir import write_json
 from difflab.experiments.toy2d.config import ConfigError, RunConfig, config_to_dict
 from difflab.experiments.toy2d.evaluate import sample_quality
 
+#: What keeps the Gaussian-decoder VAEs from collapsing to the unit Gaussian (issue 9, item 6): the KL
+#: weight rises linearly 0 -> 1 over the first ``kl_warmup`` fraction of the steps, ``free_bits`` nats per
+#: latent dimension are not penalised, and the decoder variance starts at ``decoder_var_init`` (a unit
+#: decoder variance on z-scored data explains everything as noise at KL = 0, the collapsed optimum) with
+#: the floor ``decoder_var_min``. kl_warmup = free_bits = 0, decoder_var_init = 1 is the plain VAE.
+#: Measured on score-sde-gmm's setting (mixture8, 2000 steps, batch 512, lr 3e-3, 128 x 3 MLPs, latent 2,
+#: IWAE with 1000 samples on 400 test points; true NLL 0.48): plain VAE IWAE NLL 1.431 (KL 0, collapsed
+#: onto the unit Gaussian, 1/2 log 2 pi e = 1.419); warm-up over 500 steps with decoder variance e^-4: 0.701
+#: (NELBO 0.929, KL 3.3 nats); the same with free bits 0.25 and warm-up 1000: 0.715.
+VAE_FIT: dict[str, float] = {
+    "kl_warmup": 0.25,
+    "free_bits": 0.0,
+    "decoder_var_init": 0.0183,  # e^-4
+    "decoder_var_min": 1e-4,
+}
+
 #: model name -> (allowed model.options with defaults)
 BASELINE_MODELS: dict[str, dict[str, Any]] = {
     "truth": {},
@@ -53,12 +69,13 @@ BASELINE_MODELS: dict[str, dict[str, Any]] = {
         "init_from_data": True,
         "learn_prior": False,
     },
-    "gaussian_vae": {"latent_dim": 2, "n_importance": 1000, "n_elbo_samples": 16},
+    "gaussian_vae": {"latent_dim": 2, "n_importance": 1000, "n_elbo_samples": 16, **VAE_FIT},
     "hierarchical_vae": {
         "latent_dims": [4, 4],
         "inference": "bottom_up",
         "n_importance": 1000,
         "n_elbo_samples": 16,
+        **VAE_FIT,
     },
     "lv_ddpm": {"vlb_weight": 0.001},
 }
@@ -115,12 +132,12 @@ def build_baseline(config: RunConfig, dim: int = 2) -> torch.nn.Module | None:
             float(opt["tau_start"]),
             learn_prior=bool(opt["learn_prior"]),
         )
+    decoder_var = {k: float(opt[k]) for k in ("decoder_var_init", "decoder_var_min") if k in opt}
     if m.name == "gaussian_vae":
-        return GaussianVAE(dim, int(opt["latent_dim"]), m.hidden, m.layers)
+        return GaussianVAE(dim, int(opt["latent_dim"]), m.hidden, m.layers, **decoder_var)
     if m.name == "hierarchical_vae":
-        return HierarchicalVAE(
-            dim, tuple(int(d) for d in opt["latent_dims"]), m.hidden, m.layers, inference=opt["inference"]
-        )
+        dims = tuple(int(d) for d in opt["latent_dims"])
+        return HierarchicalVAE(dim, dims, m.hidden, m.layers, inference=opt["inference"], **decoder_var)
     if m.name == "lv_ddpm":
         chain = build_process(config.process.name, **config.process.options)
         return LearnedVarianceDDPM(
@@ -220,6 +237,8 @@ def _train(model: Any, config: RunConfig, x_train: torch.Tensor, run_dir: str) -
             generator=g,
             tau_schedule=tau,
             grad_clip=tr.grad_clip,
+            kl_warmup=round(float(opt.get("kl_warmup", 0.0)) * tr.steps),
+            free_bits=float(opt.get("free_bits", 0.0)),
         )
         write_json(os.path.join(run_dir, "vae_history.json"), vh)
         out["final_loss"] = vh["loss"][-1] if vh["loss"] else float("nan")

@@ -131,6 +131,7 @@ def likelihood_metrics(
     metrics["nelbo_se"] = float(total.std() / math.sqrt(total.numel()))
     metrics["n_nelbo"] = int(total.numel())
     points["nelbo"] = total.numpy().astype(np.float64)
+    _, metrics["nelbo_se_mc"], metrics["nelbo_se_points"] = elbo.mean_se_parts()  # issue 9, item 7
     if data.law is not None:  # E_q[log q] + NELBO >= KL of the reverse-SDE model (not of the PF-ODE density)
         metrics["kl_elbo"] = float(data.law.log_prob(x_nelbo).mean() + elbo.total.mean())
     if not ev.nll:

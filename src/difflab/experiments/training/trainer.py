@@ -113,10 +113,14 @@ LR_SCHEDULES = ("constant", "cosine")
 
 @dataclass
 class TrainHistory:
-    """What the trainer records: loss per log interval, loss by time bin, status."""
+    """What the trainer records: loss per log interval, loss by time bin, status; ``grad_norm`` /
+    ``grad_norm_max``: mean / max over the log interval of the global gradient 2-norm *before* clipping
+    (so loss-weight spikes stay visible under ``grad_clip``)."""
 
     steps: list[int] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
+    grad_norm: list[float] = field(default_factory=list)
+    grad_norm_max: list[float] = field(default_factory=list)
     time_bin_sum: Tensor | None = None
     time_bin_count: Tensor | None = None
     status: str = "running"
@@ -225,6 +229,8 @@ class Trainer:
             "history": {
                 "steps": h.steps,
                 "loss": h.loss,
+                "grad_norm": h.grad_norm,
+                "grad_norm_max": h.grad_norm_max,
                 "time_bin_sum": h.time_bin_sum,
                 "time_bin_count": h.time_bin_count,
                 "status": h.status,
@@ -307,7 +313,8 @@ class Trainer:
         self, progress: Callable[[int, float], None] | None = None, until: int | None = None
     ) -> TrainHistory:
         """Run until ``total_steps`` (or divergence, or step ``until`` if given: an interruption that keeps
-        the schedule of the full run). Returns the history; EMA weights are kept separately."""
+        the schedule of the full run). Returns the history; EMA weights are kept separately. (Over 60 lines:
+        one optimisation step in one place: draws, loss, pre-clip norm, update, EMA, records, in order.)"""
         cfg = self.config
         h = self.history
         if h.status in ("finished", "diverged"):
@@ -317,6 +324,7 @@ class Trainer:
         model.train()
         self.forward_model.train()
         running, running_n = 0.0, 0
+        gn_sum, gn_max = 0.0, 0.0  # pre-clip gradient norm per log interval (seed 001's instability)
         start = time.perf_counter() - h.seconds
         stop = self.total_steps if until is None else min(until, self.total_steps)
         while self.step < stop:
@@ -340,13 +348,16 @@ class Trainer:
             self.ema.update(self._all_params, step)
             self._record_by_time(out)
             running += loss_value
+            gn_sum, gn_max = gn_sum + grad_norm, max(gn_max, grad_norm)
             running_n += 1
             self.step += 1
             logged = self.step % cfg.log_every == 0 or self.step == self.total_steps
             if logged:
                 h.steps.append(self.step)
                 h.loss.append(running / max(1, running_n))
-                running, running_n = 0.0, 0
+                h.grad_norm.append(gn_sum / max(1, running_n))
+                h.grad_norm_max.append(gn_max)
+                running, running_n, gn_sum, gn_max = 0.0, 0, 0.0, 0.0
             if cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0:
                 h.seconds = time.perf_counter() - start
                 self.save_checkpoint()
