@@ -1,4 +1,5 @@
 """VAE-family baselines for the score-SDE study (seed 003): categorical, Gaussian, training loop, diagnostics.
+(Over 400 lines: both VAEs share the Gaussian helpers and the training loop here; split when next changed.)
 
 All log-likelihoods and ELBOs are in **nats per example** (summed over the data dimensions); use
 :func:`nats_per_dim` / :func:`bits_per_dim` to normalise.

@@ -312,19 +312,16 @@ class Trainer:
     def train(
         self, progress: Callable[[int, float], None] | None = None, until: int | None = None
     ) -> TrainHistory:
-        """Run until ``total_steps`` (or divergence, or step ``until`` if given: an interruption that keeps
-        the schedule of the full run). Returns the history; EMA weights are kept separately. (Over 60 lines:
-        one optimisation step in one place: draws, loss, pre-clip norm, update, EMA, records, in order.)"""
+        """Run to ``total_steps``, divergence, or step ``until`` (keeping the full run's schedule); returns the
+        history. (Over 60 lines: one optimisation step, draws to records, kept in one place and order.)"""
         cfg = self.config
         h = self.history
         if h.status in ("finished", "diverged"):
             return h
         h.status = "running"
-        model = self.denoiser
-        model.train()
+        self.denoiser.train()
         self.forward_model.train()
-        running, running_n = 0.0, 0
-        gn_sum, gn_max = 0.0, 0.0  # pre-clip gradient norm per log interval (seed 001's instability)
+        running, running_n, gn_sum, gn_max = 0.0, 0, 0.0, 0.0  # gn: pre-clip gradient norm (seed 001)
         start = time.perf_counter() - h.seconds
         stop = self.total_steps if until is None else min(until, self.total_steps)
         while self.step < stop:
