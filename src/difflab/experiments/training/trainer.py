@@ -312,8 +312,8 @@ class Trainer:
     def train(
         self, progress: Callable[[int, float], None] | None = None, until: int | None = None
     ) -> TrainHistory:
-        """Run to ``total_steps``, divergence, or step ``until`` (keeping the full run's schedule); returns the
-        history. (Over 60 lines: one optimisation step, draws to records, kept in one place and order.)"""
+        """Run to ``total_steps``, divergence, or step ``until`` (keeping the full run's schedule); returns
+        the history. (Over 60 lines: one optimisation step, draws to records, kept in one place and order.)"""
         cfg = self.config
         h = self.history
         if h.status in ("finished", "diverged"):
