@@ -9,23 +9,15 @@ images kind's docstring is the model at the floor's n.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from difflab.experiments.common.rundir import read_json
 from difflab.experiments.images.config import ImageRunConfig, image_config_to_dict
+from difflab.experiments.sampler_study.cache import cached_recipe_run
 from difflab.experiments.sampler_study.config import image_recipe, steps_for_nfe
 
 IMAGE_METRICS = ("fid", "fid_floor", "fid_same_n", "kid", "kid_floor", "is", "is_floor", "n_floor")
-
-
-def _hash(recipe: ImageRunConfig) -> str:
-    text = json.dumps({k: v for k, v in image_config_to_dict(recipe).items() if k != "label"}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def trained_image_model(recipe: ImageRunConfig, root: Path) -> tuple[Any, dict[str, Any], str]:
@@ -34,19 +26,7 @@ def trained_image_model(recipe: ImageRunConfig, root: Path) -> tuple[Any, dict[s
     from difflab.experiments.images.train import load_ema_denoiser
     from difflab.experiments.training.dist import resolve_device
 
-    root.mkdir(parents=True, exist_ok=True)
-    key = _hash(recipe)
-    model_dir = root / key
-    with open(root / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            metrics = read_json(model_dir / "metrics.json")
-            if metrics is None:
-                metrics = run_image_experiment(image_config_to_dict(recipe), str(model_dir))
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    if metrics.get("status") != "finished":
-        raise RuntimeError(f"the recipe's model in {model_dir} did not finish: {metrics.get('status')}")
+    metrics, model_dir = cached_recipe_run(image_config_to_dict(recipe), root, run_image_experiment)
     device = resolve_device(recipe.train.device)
     return load_ema_denoiser(recipe, str(model_dir), device), metrics, str(model_dir)
 

@@ -9,9 +9,6 @@ in a study's ``runs/``, else ``<run dir>/trained``.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -21,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from difflab.experiments.common.rundir import RunDirError, read_config, read_json, write_json
+from difflab.experiments.common.rundir import RunDirError, read_config, write_json
+from difflab.experiments.sampler_study.cache import cached_recipe_run, canonical_hash
 from difflab.experiments.sampler_study.config import (
     SamplerRunConfig,
     is_image_recipe,
@@ -58,8 +56,7 @@ def cache_root(config: SamplerRunConfig, run_dir: str) -> Path:
 
 def recipe_hash(recipe: RunConfig) -> str:
     """SHA-256 (16 hex digits) of the recipe's canonical JSON, label left out."""
-    text = json.dumps({k: v for k, v in config_to_dict(recipe).items() if k != "label"}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return canonical_hash(config_to_dict(recipe))
 
 
 def trained_model(recipe: RunConfig, root: Path) -> tuple[Any, dict[str, Any]]:
@@ -68,19 +65,7 @@ def trained_model(recipe: RunConfig, root: Path) -> tuple[Any, dict[str, Any]]:
     from difflab.experiments.toy2d.evaluate import NoGradDenoiser
     from difflab.experiments.toy2d.run import load_trained, run_experiment
 
-    root.mkdir(parents=True, exist_ok=True)
-    key = recipe_hash(recipe)
-    model_dir = root / key
-    with open(root / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            metrics = read_json(model_dir / "metrics.json")
-            if metrics is None:
-                metrics = run_experiment(config_to_dict(recipe), str(model_dir))
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    if metrics.get("status") != "finished":
-        raise RuntimeError(f"the recipe's model in {model_dir} did not finish: {metrics.get('status')}")
+    metrics, model_dir = cached_recipe_run(config_to_dict(recipe), root, run_experiment)
     _, denoiser, _ = load_trained(str(model_dir), finished=True)
     return NoGradDenoiser(denoiser), metrics
 
