@@ -228,7 +228,7 @@ def continuous_nelbo(
     stratify_logsnr: bool = True,
     control_variate: bool = True,
     prior_std: float | None = None,
-    max_batch: int = 65536,
+    max_batch: int = 4096,
 ) -> ElboResult:
     """Continuous-time NELBO per example (VDM eq. 17 with the decoder and prior terms; see module docstring).
 

@@ -75,7 +75,7 @@ class MLP(nn.Module):
             h = x_t
             for layer, mod in zip(self.layers, self.modulation, strict=True):
                 scale, shift = mod(emb).chunk(2, dim=1)
-                h = self.act(layer(h) * (1.0 + scale) + shift)
+                h = self.act(torch.addcmul(shift, layer(h), 1.0 + scale))  # layer(h) (1 + scale) + shift
             return self.out(h)
         cond = self.embed(t) if self.embed is not None else t[:, None]
         h = torch.cat([x_t, cond.to(x_t.dtype)], dim=1)

@@ -171,6 +171,35 @@ def test_cheapest_within_handles_a_negative_reference_and_missing_rows():
     assert cheapest_within([r for r in rows if r["nfe"] != 1000], "sw2", ref_nfe=1000) == {}
 
 
+def test_cheapest_within_uses_the_standard_error_near_zero():
+    """The oracle's exact pushforward KL falls to ~0 at 1000 NFE: 10 % of ~0 is no band at all, so the
+    estimate's own noise (2 s.e. of the difference) decides. Measured on samplers-2d before: the 'cheapest'
+    oracle sampler for kl_push was NFE 1000, although NFE 50 was within 0.004 +- 0.005 of it."""
+    values = [5.6, 0.49, 0.083, 0.004, 0.001, 0.0002, -0.00002]
+    ses = [0.6, 0.16, 0.036, 0.005, 0.0015, 0.00025, 0.0002]
+    rows = [
+        {**r, "kl_push": v, "kl_push_se": se}
+        for r, v, se in zip(_rows({("heun", "karras"): values}), values, ses, strict=True)
+    ]
+    assert cheapest_within(rows, "kl_push")["oracle"]["nfe"] == 50  # 0.004 <= -0.00002 + 2 hypot(0.005, ...)
+    no_se = [{k: v for k, v in r.items() if k != "kl_push_se"} for r in rows]
+    assert cheapest_within(no_se, "kl_push")["oracle"]["nfe"] == 1000  # the relative band alone
+
+
+def test_the_cheapest_table_is_the_reports_answer_and_comes_first(tmp_path):
+    from difflab.experiments.sampler_study.report import cheapest_section
+    from difflab.experiments.study.report import write_report
+
+    rows = [
+        {**r, "run_id": f"{r['sampler']}{r['nfe']}"}
+        for r in _rows({("heun", "karras"): [3, 2, 1, 1, 1, 1, 1]})
+    ]
+    text = write_report(
+        rows, ["sampler", "nfe"], tmp_path, sections=[cheapest_section(rows), "## Later\n"]
+    ).read_text()
+    assert text.index("## Answer: the cheapest sampler") < text.index("## Results") < text.index("## Later")
+
+
 @pytest.mark.parametrize(
     "study", ["samplers-2d", "samplers-images-quick", "samplers-images", "modern-2d", "modern-images-quick"]
 )

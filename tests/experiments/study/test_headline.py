@@ -141,7 +141,7 @@ def test_conclusions_state_ties_and_differences(tmp_path):
     assert worse is not None
     assert float(worse.group(1)) == pytest.approx(0.74, abs=0.01)
     assert float(worse.group(2)) == pytest.approx(1.96 * np.sqrt(2) * 0.05 / np.sqrt(500), rel=0.15)
-    assert "Not converged ('still improving'): `x0`" in text
+    assert re.search(r"Not converged \([^)]*\): `x0`;", text)
     # the headline cells: tied arms marked ≈, x0 not, nothing bold; ± is 1.96 kl_se (the arm's own s.e.)
     assert "**" not in text.split("### m")[1].split("Conclusions")[0]
     eps_line = next(ln for ln in text.splitlines() if ln.startswith("| `eps`"))
@@ -151,3 +151,30 @@ def test_conclusions_state_ties_and_differences(tmp_path):
     # without the per-point values one seed cannot be tested: no marks, and the report says so
     bare = "\n".join(answer_section(rows, AXES, ReportSpec(headline=("kl",))))
     assert "≈" not in bare.split("### m")[1].split("Conclusions")[0] and "No metric could be tested" in bare
+
+
+def test_multi_seed_arm_verdict_is_the_mean_change_and_getting_worse_is_not_converged():
+    """An arm with 3 seeds: the verdict of the mean change over the seeds (se = sd / sqrt(3)), with the runs'
+    own verdicts counted; an arm that is getting worse is listed as not converged."""
+    rows = _seed_rows()
+    changes = {"eps": (-0.02, 0.01, 0.0), "x0": (0.3, 0.25, 0.35)}
+    for r in rows:
+        if r["label"] == "":
+            d = changes[r["objective.target"]][r["train.seed"]]
+            r.update(
+                verdict="getting worse" if d > 0.1 else "still improving" if d < -0.015 else "converged",
+                verdict_change=d,
+                verdict_se=0.01,
+                verdict_metric="kl",
+                verdict_rtol=0.1,
+            )
+    spec = ReportSpec(headline=("kl",), compare_within=("data.name",))
+    text = "\n".join(answer_section(rows, AXES, spec))
+    eps_line = next(ln for ln in text.splitlines() if ln.startswith("| `eps`"))
+    # mean -0.00333, se 0.00882: converged, although one of the three runs was still improving
+    assert "converged (mean Δ -0.00333, s.e. 0.0088; runs: 2/3 converged, 1/3 still improving)" in eps_line
+    x0_line = next(ln for ln in text.splitlines() if ln.startswith("| `x0`"))
+    assert "getting worse (mean Δ 0.3, s.e. 0.029; runs: 3/3 getting worse)" in x0_line
+    assert (
+        re.search(r"Not converged \([^)]*\): `x0`;", text) and "`eps`;" not in text.split("Not converged")[1]
+    )

@@ -83,19 +83,27 @@ def run_verdict(curve: Mapping[str, Any] | None, metric: str, rtol: float = 0.1,
     end = max((p for p in curve["points"] if metric in p["metrics"]), key=lambda p: p["step"])
     verdict = judge(delta, se, float(end["metrics"][metric]), rtol, atol)
     out.update(verdict=verdict, verdict_change=delta, verdict_se=se, converged=float(verdict == CONVERGED))
+    out.update(verdict_rtol=rtol, verdict_atol=atol)  # so that the arm's verdict uses the same tolerances
     return out
 
 
-def arm_verdict(records: Sequence[Mapping[str, Any]], rtol: float = 0.1, atol: float = 0.0) -> dict:
+def arm_verdict(
+    records: Sequence[Mapping[str, Any]], rtol: float | None = None, atol: float | None = None
+) -> dict:
     """The verdict of an arm from its runs' result metrics (the :func:`run_verdict` keys and the metric).
 
-    One run: its verdict. k >= 2 runs with a change: the mean change with se = sd / sqrt(k)."""
+    One run: its verdict. k >= 2 runs with a change: the mean change with se = sd / sqrt(k), judged with
+    ``rtol`` / ``atol`` (default: the runs' recorded ``verdict_rtol`` / ``verdict_atol``, else 0.1 / 0)."""
     with_change = [r for r in records if isinstance(r.get("verdict_change"), int | float)]
     if not with_change:
         return {"verdict": NO_CURVE}
     if len(with_change) == 1:
         r = with_change[0]
         return {k: r[k] for k in ("verdict", "verdict_change", "verdict_se") if k in r}
+    if rtol is None:
+        rtol = float(with_change[0].get("verdict_rtol", 0.1))
+    if atol is None:
+        atol = float(with_change[0].get("verdict_atol", 0.0))
     deltas = [float(r["verdict_change"]) for r in with_change]
     delta = statistics.fmean(deltas)
     se = statistics.stdev(deltas) / math.sqrt(len(deltas))

@@ -27,6 +27,7 @@ from difflab.experiments.study.compare import (
     comparison_groups,
     group_marks,
 )
+from difflab.experiments.study.convergence import arm_verdict
 from difflab.experiments.study.plan import is_seed_key
 from difflab.experiments.study.reportspec import ReportSpec
 from difflab.experiments.study.stats import GroupComparison
@@ -34,6 +35,7 @@ from difflab.experiments.study.stats import GroupComparison
 DASH = "—"
 VERDICT_KEY = "verdict"
 NOT_CONVERGED = "still improving"
+GETTING_WORSE = "getting worse"
 
 
 def _fmt(x: float) -> str:
@@ -70,12 +72,27 @@ def headline_metrics(group: Group, spec: ReportSpec) -> list[str]:
     return out
 
 
-def _verdict(arm: Arm) -> str:
+def _arm_verdict(arm: Arm) -> tuple[str | None, str]:
+    """(verdict, cell text) of an arm. One run: its verdict and change over the last doubling. k >= 2 seeds:
+    the verdict of the mean change over the seeds (se = sd / sqrt(k),
+    :func:`~difflab.experiments.study.convergence.arm_verdict`), with the runs' own verdicts counted."""
     text = arm.text(VERDICT_KEY)
     if text is None:
-        return DASH
+        return None, DASH
+    seeded = [r for r in arm.rows if isinstance(r.get("verdict_change"), int | float)]
+    if len(seeded) >= 2:
+        v = arm_verdict(seeded)
+        counts = text if "/" in text else f"{len(seeded)}/{len(seeded)} {text}"
+        change = f"mean Δ {_fmt(v['verdict_change'])}, s.e. {_pm(v['verdict_se'])}"
+        return v["verdict"], f"{v['verdict']} ({change}; runs: {counts})"
     change, se = arm.value("verdict_change"), arm.value("verdict_se")
-    return text if change is None else f"{text} (Δ {_fmt(change)}" + (f" ± {_pm(se)})" if se else ")")
+    if change is None:
+        return text, text
+    return text, f"{text} (Δ {_fmt(change)}" + (f", s.e. {_pm(se)})" if se else ")")
+
+
+def _verdict(arm: Arm) -> str:
+    return _arm_verdict(arm)[1]
 
 
 def _mark(text: str, mark: str | None) -> str:
@@ -222,18 +239,19 @@ def sampler_sentence(group: Group, metric: str, spec: ReportSpec, comp: GroupCom
 
 def verdict_sentence(group: Group, spec: ReportSpec) -> str:
     arms = candidates(group, spec)
-    verdicts = {a.name: a.text(VERDICT_KEY) for a in arms}
+    verdicts = {a.name: _arm_verdict(a)[0] for a in arms}
     if all(v is None for v in verdicts.values()):
         return (
             "No convergence verdicts recorded (no learning curves): every ranking above holds at the "
             "trained budget only."
         )
-    open_ = [n for n, v in verdicts.items() if v and NOT_CONVERGED in v]
+    open_ = [n for n, v in verdicts.items() if v in (NOT_CONVERGED, GETTING_WORSE)]
     missing = [n for n, v in verdicts.items() if v is None or v == "no curve"]
     text = []
     if open_:
         text.append(
-            f"Not converged ({NOT_CONVERGED!r}): {', '.join(f'`{n}`' for n in open_)}; a ranking that "
+            f"Not converged ({NOT_CONVERGED!r} or {GETTING_WORSE!r}; for several seeds, the verdict of the "
+            f"mean change): {', '.join(f'`{n}`' for n in open_)}; a ranking that "
             "involves them is a statement about this training budget, not about the objective."
         )
     else:

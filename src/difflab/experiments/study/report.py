@@ -282,7 +282,9 @@ def write_report(
 ) -> Path:
     """Write ``out_dir/report.md``: header (study, date, runs), the answer (headline tables and conclusions
     per comparison group, when ``spec.headline`` is set), figures, notes, settings, axes, the full table as
-    an appendix, errors, then any extra ``sections`` (markdown text). Written atomically; returns its path.
+    an appendix, errors, then any extra ``sections`` (markdown text; a section whose first line is a
+    ``## Answer`` heading is the kind's own answer and comes first, right after the header). Written
+    atomically; returns its path.
 
     ``metric_specs`` maps metric -> "min" | "max" (default "min"); ``metrics`` gives the columns in order
     (default: every numeric metric, sorted); ``best_among_extras`` lets extra runs (non-empty label) be
@@ -313,9 +315,12 @@ def write_report(
         table,
         "",
     ]
-    lines = _header(title, description, rows) + answer_section(rows, axes_keys, spec) + _figures(figures, out)
-    lines += _notes(notes) + _settings(settings) + _axes(rows, axes_keys) + results + _errors(rows)
-    text = "\n".join(lines) + ("\n" + "\n".join(sections) if sections else "")
+    lead = [s for s in sections if s.startswith("## Answer")]
+    tail = [s for s in sections if not s.startswith("## Answer")]
+    lines = _header(title, description, rows) + lead + answer_section(rows, axes_keys, spec)
+    lines += _figures(figures, out) + _notes(notes) + _settings(settings) + _axes(rows, axes_keys)
+    lines += results + _errors(rows)
+    text = "\n".join(lines) + ("\n" + "\n".join(tail) if tail else "")
     out.mkdir(parents=True, exist_ok=True)
     path = out / filename
     tmp = path.with_name(f"{filename}.{os.getpid()}.tmp")

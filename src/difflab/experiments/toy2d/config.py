@@ -123,6 +123,7 @@ class EvalConfig:
     curve_n_samples: int = param(500, ge=0, doc="samples of the curve's sliced W2 (0: none)")
     curve_sample_steps: int = param(50, ge=1, doc="sampler steps of the curve's samples")
     curve_rtol: float = param(1e-2, gt=0, le=0.1, doc="dopri5 rtol = atol of the curve's PF-ODE NLL")
+    curve_nelbo_t_draws: int = param(64, ge=1, doc="t draws per point of the curve's NELBO")
     # verdict: "converged" when |m(S) - m(S/2)| <= max(2 se, verdict_rtol |m(S)| + verdict_atol)
     verdict_rtol: float = param(0.1, ge=0, doc="relative tolerance of the convergence verdict")
     verdict_atol: float = param(0.0, ge=0, doc="absolute tolerance of the convergence verdict")

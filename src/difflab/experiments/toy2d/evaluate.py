@@ -27,12 +27,36 @@ from difflab.experiments.toy2d.build import RunParts
 POINTWISE_PREFIX = "pointwise_"
 
 
-class NoGradDenoiser:
-    """Wrap a denoiser module for sampling: float64, no parameter gradients."""
+class CastNetwork(nn.Module):
+    """Run a backbone in ``dtype`` (float32: the precision it was trained in) inside a float64 pipeline:
+    inputs are cast to ``dtype``, the prediction back to the input's dtype."""
 
-    def __init__(self, denoiser: Any) -> None:
+    def __init__(self, net: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.net = net.to(dtype)
+        self.dtype = dtype
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(x_t.to(self.dtype), t.to(self.dtype)).to(x_t.dtype)
+
+
+class NoGradDenoiser:
+    """Wrap a denoiser module for evaluation: no parameter gradients; the diffusion arithmetic (process
+    coefficients, target -> (x0_hat, eps_hat) hub, samplers, estimators) in float64.
+
+    ``network_dtype`` is the dtype the backbone (``denoiser.net`` of a
+    :class:`~difflab.parameterization.TargetDenoiser`) runs in. Default float32, the precision the network
+    was trained in, so the float64 copy would only add digits the function does not have: on the default
+    study's mixture8 eps arm the NELBO over 2000 points x 512 t draws moved by 5e-9 nats/dim (0.49398490 vs
+    0.49398490, MC s.e. 0.0036) and took 6.6 s instead of 17.0 s on one thread. ``torch.float64`` gives the
+    whole model in float64 (the behaviour before)."""
+
+    def __init__(self, denoiser: Any, network_dtype: torch.dtype = torch.float32) -> None:
         if isinstance(denoiser, nn.Module):
             denoiser = copy.deepcopy(denoiser).double().eval()
+            net = getattr(denoiser, "net", None)
+            if network_dtype != torch.float64 and isinstance(net, nn.Module):
+                denoiser.net = CastNetwork(net, network_dtype)
             for p in denoiser.parameters():
                 p.requires_grad_(False)
         self.denoiser = denoiser

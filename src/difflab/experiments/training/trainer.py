@@ -186,9 +186,10 @@ class Trainer:
         self.run_dir = run_dir
         self._all_params = list(denoiser.parameters())  # cached: no module walk per step
         params = [p for p in self._all_params if p.requires_grad]
-        # foreach: the multi-tensor update (one kernel per op over all parameters) instead of a Python loop
+        # fused: one kernel for the whole update of every parameter (CPU and CUDA); measured on the default
+        # 3x128 FiLM MLP, one CPU thread: 0.27 ms per Adam step against 0.83 ms for foreach (benchmarks/)
         self.optimizer = OPTIMIZERS[config.optimizer](
-            params, lr=config.lr, weight_decay=config.weight_decay, foreach=True
+            params, lr=config.lr, weight_decay=config.weight_decay, fused=True
         )
         self.ema = EMA(denoiser, config.ema)
         self.step = 0
