@@ -245,3 +245,20 @@ def test_image_recipe_runs_scores_fid_with_its_floor_and_refuses_the_oracle(tmp_
     assert len(list((tmp_path / "models").glob("*/checkpoint.pt"))) == 1
     with pytest.raises(ConfigError, match="image recipes support only 'trained'"):
         validate_sampler_config({**raw, "denoiser": "oracle"})
+
+
+def test_a_study_that_fixes_the_denoiser_writes_its_report(tmp_path):
+    """samplers-images-quick fixes ``denoiser`` instead of varying it; its report crashed (KeyError
+    'denoiser') after every run had finished. The runs now record their identity."""
+    study = tmp_path / "s.toml"
+    study.write_text(
+        '[study]\nname = "fixed-denoiser"\nkind = "samplers"\n[fixed]\ndenoiser = "oracle"\n'
+        'n_samples = 200\nkde_n_eval = 200\nn_pushforward = 16\ngrid = "karras"\n'
+        '"recipe.data.name" = "mixture8"\n"recipe.data.n_train" = 2000\n"recipe.data.n_test" = 1000\n'
+        '[axes]\nsampler = ["ode_euler", "ode_heun"]\nnfe = [5, 20]\n'
+    )
+    out = tmp_path / "out"
+    assert main(["study", str(study), "--out", str(out), "--workers", "1"]) == 0
+    report = (out / "report.md").read_text()
+    assert "| kl_push | oracle | ode_" in report and "| karras | 20 |" in report
+    assert (out / "figures").is_dir() and any((out / "figures").iterdir())

@@ -171,10 +171,39 @@ def test_multi_seed_arm_verdict_is_the_mean_change_and_getting_worse_is_not_conv
     spec = ReportSpec(headline=("kl",), compare_within=("data.name",))
     text = "\n".join(answer_section(rows, AXES, spec))
     eps_line = next(ln for ln in text.splitlines() if ln.startswith("| `eps`"))
-    # mean -0.00333, se 0.00882: converged, although one of the three runs was still improving
-    assert "converged (mean Δ -0.00333, s.e. 0.0088; runs: 2/3 converged, 1/3 still improving)" in eps_line
+    # mean -0.00333, se sqrt(0.00882^2 + 0.01^2) = 0.013: converged, though one run was still improving
+    assert "converged (mean Δ -0.00333, s.e. 0.013; runs: 2/3 converged, 1/3 still improving)" in eps_line
     x0_line = next(ln for ln in text.splitlines() if ln.startswith("| `x0`"))
-    assert "getting worse (mean Δ 0.3, s.e. 0.029; runs: 3/3 getting worse)" in x0_line
+    assert "getting worse (mean Δ 0.3, s.e. 0.031; runs: 3/3 getting worse)" in x0_line
     assert (
         re.search(r"Not converged \([^)]*\): `x0`;", text) and "`eps`;" not in text.split("Not converged")[1]
     )
+
+
+def test_an_extra_with_axes_of_its_own_names_each_arm():
+    """score-sde-gmm's "vp" extra spans two weightings: two arms, "vp / uniform_score" and "vp /
+    inverse_variance" (both were called "vp" before, and their comparisons could not be told apart); an
+    extra with a single arm keeps its bare label."""
+    rows = []
+    for label, w in (
+        ("", "uniform"),
+        ("", "inverse"),
+        ("vp", "uniform"),
+        ("vp", "inverse"),
+        ("lv", "uniform"),
+    ):
+        for seed in (0, 1):
+            rows.append(
+                {
+                    "run_id": f"{label}{w}{seed}",
+                    "label": label,
+                    "objective.weighting": w,
+                    "train.seed": seed,
+                    "status": "finished",
+                    "kl": 0.1 + seed * 0.01 + (w == "inverse") * 0.05,
+                }
+            )
+    spec = ReportSpec(headline=("kl",), best_among_extras=True)
+    (group,) = comparison_groups(rows, ["objective.weighting", "train.seed"], spec)
+    names = [a.name for a in group.arms]
+    assert names == ["uniform", "inverse", "vp / uniform", "vp / inverse", "lv"]

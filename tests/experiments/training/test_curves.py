@@ -121,6 +121,24 @@ def test_arm_verdict_reuses_the_runs_tolerances():
     assert arm_verdict(runs, rtol=0.0)["verdict"] == IMPROVING  # an explicit tolerance wins
 
 
+def test_arm_verdict_keeps_the_shared_evaluation_noise():
+    """Three seeds whose changes agree closely but each lie inside 2 of their own s.e. (the score-sde-gmm
+    uniform arms at 8000 steps): the shared evaluation noise does not average away over seeds."""
+    runs = [
+        {"verdict": CONVERGED, "verdict_change": d, "verdict_se": 0.0107, "verdict_metric": "kl", "kl": 0.018}
+        for d in (-0.0121, -0.0172, -0.0128)
+    ]
+    out = arm_verdict(runs, rtol=0.1)
+    assert out["verdict"] == CONVERGED and out["verdict_se"] == pytest.approx(0.0108, abs=2e-4)
+    # test of the test: sd / sqrt(k) alone (0.0016) would call the arm still improving
+    assert (
+        arm_verdict([{k: v for k, v in r.items() if k != "verdict_se"} for r in runs])["verdict"] == IMPROVING
+    )
+    # a real improvement (the inverse-variance arms: -0.05 .. -0.07 at s.e. 0.015) stays "still improving"
+    falling = [{**r, "verdict_change": d, "verdict_se": 0.015} for r, d in zip(runs, (-0.05, -0.074, -0.056))]
+    assert arm_verdict(falling, rtol=0.1)["verdict"] == IMPROVING
+
+
 def test_arm_verdict_over_seeds_and_budget_rule():
     runs = [
         {"verdict": IMPROVING, "verdict_change": d, "verdict_metric": "kl", "kl": 0.3}

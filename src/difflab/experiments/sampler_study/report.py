@@ -81,7 +81,8 @@ def cheapest_within(
             key = (str(r["denoiser"]), str(r["sampler"]), str(r["grid"]))
             se = r.get(f"{metric}_se")
             se = float(se) if isinstance(se, int | float) and math.isfinite(se) else 0.0
-            curves[key].append((int(r["nfe"]), int(r.get("nfe_actual", r["nfe"])), float(v), se))
+            nfe = int(r.get("nfe", r.get("nfe_actual", 0)))
+            curves[key].append((nfe, int(r.get("nfe_actual", nfe)), float(v), se))
     best: dict[str, dict[str, Any]] = {}
     for (den, sampler, grid), pts in sorted(curves.items()):
         pts.sort()
@@ -146,7 +147,7 @@ def _panel(ax: Any, rows: list[Mapping[str, Any]], metric: str, title: str) -> N
     for r in rows:
         v = r.get(metric)
         if isinstance(v, int | float) and math.isfinite(v) and v > 0:
-            by_sampler[str(r["sampler"])].append((int(r.get("nfe_actual", r["nfe"])), float(v)))
+            by_sampler[str(r["sampler"])].append((int(r.get("nfe_actual", r.get("nfe", 0))), float(v)))
     for sampler, pts in sorted(by_sampler.items()):
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=sampler)

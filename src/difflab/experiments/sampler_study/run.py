@@ -161,6 +161,9 @@ def run_sampler_experiment(raw: dict, run_dir: str, progress: bool = False) -> d
         result = evaluate_parts(build_parts(config, run_dir))
         samples = result.pop("_samples")
     result["seconds"] = round(time.perf_counter() - start, 3)
+    # the run's identity, also where the study fixes it instead of varying it (samplers-images-quick fixes
+    # the denoiser): the report groups by these
+    result.update(denoiser=config.denoiser, sampler=config.sampler, grid=config.grid)
     np.savez_compressed(os.path.join(run_dir, "samples.npz"), samples=samples)
     write_json(os.path.join(run_dir, "metrics.json"), result)
     return result

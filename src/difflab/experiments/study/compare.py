@@ -93,6 +93,11 @@ def comparison_groups(
     within = [k for k in spec.compare_within if k in axes_keys]
     arm_keys = [k for k in keys if k not in within and k != "label"]
     groups: dict[tuple, Group] = {}
+    # an extra with axes of its own (e.g. label "vp" over two weightings) has several arms: name them
+    # label / axis values; an extra with one arm keeps its label alone
+    idents_of: dict[str, set] = {}
+    for row in rows:
+        idents_of.setdefault(row.get("label") or "", set()).add(identity(row, keys))
     for row in rows:
         gkey = tuple(hashable(row.get(k)) for k in within)
         group = groups.setdefault(gkey, Group({k: row.get(k) for k in within}, []))
@@ -101,7 +106,8 @@ def comparison_groups(
         if arm is None:
             label = row.get("label") or ""
             parts = [str(row[k]) for k in arm_keys if row.get(k) is not None]
-            name = " / ".join(([label] if label else []) + ([] if label else parts)) or str(row["run_id"])
+            own = parts if not label or len(idents_of[label]) > 1 else []
+            name = " / ".join(([label] if label else []) + own) or str(row["run_id"])
             arm = Arm(name, ident, spec.is_reference(label))
             group.arms.append(arm)
         arm.rows.append(row)
