@@ -107,6 +107,20 @@ def test_a_noisy_normal_run_is_not_flagged():
     assert h.status == "finished" and h.diverged_at is None
 
 
+def test_a_lucky_first_batch_does_not_set_the_minimum():
+    """A heavy-tailed loss whose first batches happen to be 200x below its typical level (the x0 / NELBO
+    image arm: 8381 at the start, ~1e6 after) trains; the minimum is taken once the EMA has seen 20 steps."""
+    h = _trainer([1.0] * 3 + [200.0] * 297, total=300).train()
+    assert h.status == "finished" and h.diverged_at is None
+    # test of the test: without the burn-in (minimum from the first step) the same run is "diverged"
+    t = _trainer([1.0] * 3 + [200.0] * 297, total=300)
+    t.divergence_burn_in = 1
+    assert t.train().status == "diverged"
+    # and a real blow-up after the burn-in is still caught at its first step
+    h = _trainer([1.0] * 40 + [1e4] * 60, total=100).train()
+    assert (h.status, h.diverged_at) == ("diverged", 40)
+
+
 def test_a_blow_up_at_the_end_of_a_short_run_is_divergence():
     h = _trainer([1.0] * 6 + [1e4] * 4, total=10).train()  # window 5 never completes; 4 steps in excursion
     assert (h.status, h.diverged_at) == ("diverged", 6)

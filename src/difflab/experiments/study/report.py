@@ -263,6 +263,37 @@ def _figures(figures: Sequence[str | os.PathLike[str]], out: Path) -> list[str]:
     return lines
 
 
+def _results_section(
+    rows: Sequence[Mapping[str, Any]],
+    axes_keys: Sequence[str],
+    spec: ReportSpec,
+    seed_keys: Sequence[str],
+    metrics: Sequence[str] | None,
+    best_among_extras: bool,
+) -> list[str]:
+    """The full table (the appendix when the report has a headline) with its legend."""
+    over = ", ".join(f"`{k}`" for k in seed_keys) or "runs"
+    table = format_table(
+        rows, axes_keys, spec.directions, metrics=metrics, best_among_extras=best_among_extras, spec=spec
+    )
+    title_line = "## Appendix: every metric" if spec.headline else "## Results"
+    results = [
+        title_line,
+        "",
+        f"Mean ± sample standard deviation (ddof = 1) over {over}; n = runs per row, `(n=k)` where only k "
+        "have a finite value. ↓ lower is better, ↑ higher is better. **Bold**: significantly the best of its "
+        "comparison group; ≈: the best or not significantly different from it (paired 95% interval, "
+        "Holm-corrected; as in the answer above); no mark: not testable (one seed and no per-point values) "
+        "or never ranked (floors, s.e.s, counts, constant columns"
+        + ("" if best_among_extras else ", extra/reference rows")
+        + "). Seconds: mean wall time per run.",
+        "",
+        table,
+        "",
+    ]
+    return results
+
+
 def write_report(
     rows: Sequence[Mapping[str, Any]],
     axes_keys: Sequence[str],
@@ -296,25 +327,7 @@ def write_report(
     summary = summarise(
         rows, axes_keys, spec.directions, metrics=metrics, best_among_extras=best_among_extras, spec=spec
     )
-    over = ", ".join(f"`{k}`" for k in summary.seed_keys) or "runs"
-    table = format_table(
-        rows, axes_keys, spec.directions, metrics=metrics, best_among_extras=best_among_extras, spec=spec
-    )
-    title_line = "## Appendix: every metric" if spec.headline else "## Results"
-    results = [
-        title_line,
-        "",
-        f"Mean ± sample standard deviation (ddof = 1) over {over}; n = runs per row, `(n=k)` where only k "
-        "have a finite value. ↓ lower is better, ↑ higher is better. **Bold**: significantly the best of its "
-        "comparison group; ≈: the best or not significantly different from it (paired 95% interval, "
-        "Holm-corrected; as in the answer above); no mark: not testable (one seed and no per-point values) "
-        "or never ranked (floors, s.e.s, counts, constant columns"
-        + ("" if best_among_extras else ", extra/reference rows")
-        + "). Seconds: mean wall time per run.",
-        "",
-        table,
-        "",
-    ]
+    results = _results_section(rows, axes_keys, spec, summary.seed_keys, metrics, best_among_extras)
     lead = [s for s in sections if s.startswith("## Answer")]
     tail = [s for s in sections if not s.startswith("## Answer")]
     lines = _header(title, description, rows) + lead + answer_section(rows, axes_keys, spec)

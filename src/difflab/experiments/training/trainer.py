@@ -6,13 +6,7 @@ comes from a generator seeded by (seed, k) alone. Two arms with the same seed th
 order, the same t and the same eps at every step, and a run resumed from a checkpoint at step k draws exactly
 what the uninterrupted run would have drawn.
 
-Divergence (a result, not a crash): a step whose loss or gradient norm is not finite, or a blow-up that is
-still finite (``lr = 10`` reaches losses of 4e9): the loss smoothed by an EMA over ~20 steps,
-``m_k = 0.95 m_{k-1} + 0.05 l_k``, staying above ``DIVERGENCE_RATIO`` (100) times its running minimum for
-``window = min(50, max(5, total_steps // 10))`` consecutive steps. The run stops with status "diverged" and
-``diverged_at`` = the first step of that excursion (a run that ends inside an excursion of 3 or more steps,
-shorter than the window only because the run ended, diverged too). Losses are weighted squared errors
-(non-negative), so the ratio test is skipped while the running minimum is not positive.
+Divergence is a result, not a crash (:mod:`difflab.experiments.training.divergence`).
 
 Checkpoints carry the caller's config identity (``identity``, see
 :func:`difflab.experiments.common.rundir.config_hash`); resuming under another config is refused.
@@ -36,6 +30,7 @@ from difflab.experiments.common.rundir import (
     load_checkpoint,
     save_atomic,
 )
+from difflab.experiments.training import divergence
 
 
 class TrainerSettings(Protocol):
@@ -155,13 +150,6 @@ class Trainer:
     identity and hash the checkpoint records and a resumed checkpoint must match.
     """
 
-    #: smoothed loss above this multiple of its running minimum counts towards divergence
-    DIVERGENCE_RATIO = 100.0
-    #: an excursion still running at the last step counts as divergence from this many steps on
-    END_EXCURSION = 3
-    #: EMA coefficient of the smoothed loss (horizon ~ 1 / (1 - 0.95) = 20 steps)
-    SMOOTHING = 0.95
-
     def __init__(
         self,
         denoiser: nn.Module,
@@ -202,7 +190,7 @@ class Trainer:
         n = x_train.shape[0]
         self.batch_size = min(config.batch_size, n)
         self.steps_per_epoch = max(1, n // self.batch_size)
-        self.divergence_window = min(50, max(5, total_steps // 10))
+        self.divergence_window, self.divergence_burn_in = divergence.window_and_burn_in(total_steps)
 
     # --- randomness ----------------------------------------------------------------------------------
     def batch_indices(self, step: int) -> Tensor:
@@ -284,30 +272,9 @@ class Trainer:
     # --- divergence ----------------------------------------------------------------------------------
     def _diverged(self, step: int, loss: float, grad_norm: float | None) -> bool:
         """Update the detector with step ``step``; True (status set) once the run has diverged."""
-        h = self.history
-        reason = None
-        if not math.isfinite(loss):
-            reason, first = f"non-finite loss {loss}", step
-        elif grad_norm is not None and not math.isfinite(grad_norm):
-            reason, first = f"non-finite gradient norm {grad_norm}", step
-        else:
-            d = self.SMOOTHING
-            h.smoothed = loss if h.smoothed is None else d * h.smoothed + (1 - d) * loss
-            h.smoothed_min = h.smoothed if h.smoothed_min is None else min(h.smoothed_min, h.smoothed)
-            if h.smoothed_min > 0 and h.smoothed > self.DIVERGENCE_RATIO * h.smoothed_min:
-                h.excursion_start = step if h.excursion_start is None else h.excursion_start
-            else:
-                h.excursion_start = None
-            first = h.excursion_start
-            if first is not None and step - first + 1 >= self.divergence_window:
-                reason = (
-                    f"smoothed loss {h.smoothed:.4g} above {self.DIVERGENCE_RATIO:g} x its minimum "
-                    f"{h.smoothed_min:.4g} for {step - first + 1} steps"
-                )
-        if reason is None:
-            return False
-        h.status, h.diverged_at, h.divergence_reason = "diverged", first, reason
-        return True
+        return divergence.update(
+            self.history, step, loss, grad_norm, self.divergence_window, self.divergence_burn_in
+        )
 
     # --- training ------------------------------------------------------------------------------------
     def train(
@@ -363,22 +330,9 @@ class Trainer:
                 progress(self.step, h.loss[-1])
         h.seconds = time.perf_counter() - start
         if h.status == "running" and self.step >= self.total_steps:
-            h.status = "finished" if not self._ends_in_blow_up() else "diverged"
+            h.status = "diverged" if divergence.ends_in_blow_up(h, self.step) else "finished"
         self.save_checkpoint()
         return h
-
-    def _ends_in_blow_up(self) -> bool:
-        """A run that ends inside an excursion of at least ``END_EXCURSION`` steps (shorter than the window
-        only because the run ended) diverged too."""
-        h = self.history
-        if h.excursion_start is None or self.step - h.excursion_start < self.END_EXCURSION:
-            return False
-        h.diverged_at = h.excursion_start
-        h.divergence_reason = (
-            f"smoothed loss {h.smoothed:.4g} above {self.DIVERGENCE_RATIO:g} x its minimum "
-            f"{h.smoothed_min:.4g} for the last {self.step - h.excursion_start} steps"
-        )
-        return True
 
     @torch.no_grad()
     def _record_by_time(self, out: object) -> None:
