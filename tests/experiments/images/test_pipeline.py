@@ -90,7 +90,10 @@ def test_end_to_end_digits_metrics_with_floor_logs_and_grids(tmp_path):
     assert result["fid_eps_fallback"] in (True, False) and result["levels"] == 17
     with open(run / "log.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["step"]) for r in rows] == [10, 20]
+    # every val_every = 10 steps and at the learning curve's points 20/16 .. 20 rounded to log_every (5)
+    assert [int(r["step"]) for r in rows] == [5, 10, 20]
+    curve = json.loads((run / "curves.json").read_text())
+    assert [p["step"] for p in curve["points"]] == [5, 10, 20] and result["verdict"] != "no curve"
     assert all(float(r["val_loss"]) > 0 and float(r["fid"]) > 0 and float(r["is"]) >= 1 for r in rows)
     assert (run / "grids" / "step_0000010.png").is_file() and (run / "grids" / "step_0000020.png").is_file()
     with np.load(run / "samples.npz") as z:
@@ -158,7 +161,9 @@ def test_exact_resume_of_an_image_run(tmp_path, monkeypatch):
         assert torch.equal(p, q)
     assert a["history"]["loss"] == b["history"]["loss"]
     assert [e["val_loss"] for e in a["extra"]["evals"]] == [e["val_loss"] for e in b["extra"]["evals"]]
-    assert (full / "log.csv").read_text().count("\n") == (part / "log.csv").read_text().count("\n") == 4
+    # validations every 10 steps and at the curve's points of 30 (rounded to log_every 5): 5, 10, 15, 20, 30
+    assert (full / "log.csv").read_text().count("\n") == (part / "log.csv").read_text().count("\n") == 6
+    assert [e["step"] for e in b["extra"]["evals"]] == [5, 10, 15, 20, 30]
 
 
 def test_early_stopping_rule_on_a_constructed_sequence():

@@ -207,3 +207,10 @@ def test_an_extra_with_axes_of_its_own_names_each_arm():
     (group,) = comparison_groups(rows, ["objective.weighting", "train.seed"], spec)
     names = [a.name for a in group.arms]
     assert names == ["uniform", "inverse", "vp / uniform", "vp / inverse", "lv"]
+    # within comparison groups: an extra with one arm per group keeps its bare label
+    for r in rows:
+        r["data.name"] = "a" if r["train.seed"] == 0 else "b"
+        r["train.seed"] = 0
+    spec = ReportSpec(headline=("kl",), best_among_extras=True, compare_within=("data.name",))
+    groups = comparison_groups(rows, ["data.name", "objective.weighting", "train.seed"], spec)
+    assert [a.name for a in groups[0].arms] == names

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from difflab.experiments.common.configs import ConfigError
 from difflab.experiments.common.rundir import check_checkpoint_config, check_trained, load_checkpoint
 from difflab.experiments.images.config import ImageRunConfig, image_config_to_dict, image_total_steps
+from difflab.experiments.training.curves import curve_steps
 from difflab.experiments.training.dist import (
     SINGLE_PROCESS,
     DistInfo,
@@ -56,6 +57,10 @@ class ImageParts:
     device: torch.device
     levels: int  # grey levels of the data (256 for 8-bit images, 17 for digits)
 
+
+#: validation also at the log-spaced points S/16, S/8, S/4, S/2, S of the budget S (one per doubling), so an
+#: image run's learning curve has its half-budget point for the verdict whatever ``train.val_every`` is
+IMAGE_CURVE_POINTS = 5
 
 DATA_LEVELS = {"digits": 17, "mnist": 256, "fashion_mnist": 256, "cifar10": 256}
 
@@ -202,7 +207,10 @@ def train_image_model(
             bar.set_postfix(loss=f"{loss:.4g}")
             bar.refresh()
 
-    v = Validation(parts.objective, parts.x_val, tr.val_every, tr.patience, tr.precision, dist.is_main)
+    points = tuple(curve_steps(parts.total_steps, IMAGE_CURVE_POINTS, tr.log_every))
+    v = Validation(
+        parts.objective, parts.x_val, tr.val_every, tr.patience, tr.precision, dist.is_main, points
+    )
     train_with_validation(trainer, v, eval_hook, callback, on_eval)
     if bar is not None:
         bar.close()

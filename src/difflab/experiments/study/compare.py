@@ -95,9 +95,10 @@ def comparison_groups(
     groups: dict[tuple, Group] = {}
     # an extra with axes of its own (e.g. label "vp" over two weightings) has several arms: name them
     # label / axis values; an extra with one arm keeps its label alone
-    idents_of: dict[str, set] = {}
+    idents_of: dict[tuple, set] = {}  # (group, label) -> the arms' identities
     for row in rows:
-        idents_of.setdefault(row.get("label") or "", set()).add(identity(row, keys))
+        gkey = tuple(hashable(row.get(k)) for k in within)
+        idents_of.setdefault((gkey, row.get("label") or ""), set()).add(identity(row, keys))
     for row in rows:
         gkey = tuple(hashable(row.get(k)) for k in within)
         group = groups.setdefault(gkey, Group({k: row.get(k) for k in within}, []))
@@ -106,7 +107,7 @@ def comparison_groups(
         if arm is None:
             label = row.get("label") or ""
             parts = [str(row[k]) for k in arm_keys if row.get(k) is not None]
-            own = parts if not label or len(idents_of[label]) > 1 else []
+            own = parts if not label or len(idents_of[gkey, label]) > 1 else []
             name = " / ".join(([label] if label else []) + own) or str(row["run_id"])
             arm = Arm(name, ident, spec.is_reference(label))
             group.arms.append(arm)

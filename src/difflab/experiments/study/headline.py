@@ -254,7 +254,7 @@ def verdict_sentence(group: Group, spec: ReportSpec) -> str:
             f"mean change): {', '.join(f'`{n}`' for n in open_)}; a ranking that "
             "involves them is a statement about this training budget, not about the objective."
         )
-    else:
+    elif len(missing) < len(verdicts):
         text.append("Every arm with a learning curve converged.")
     if missing:
         text.append(f"No verdict: {', '.join(f'`{n}`' for n in missing)}.")

@@ -83,8 +83,14 @@ EvalHook = Callable[[int, nn.Module], dict]
 """``hook(step, ema_denoiser) -> extra columns`` (tracked FID/IS, sample grid), called on rank 0 only."""
 
 
-def _eval_due(step: int, total: int, every: int) -> bool:
-    return step > 0 and (step % every == 0 or step == total)
+def _eval_due(step: int, total: int, every: int, points: tuple[int, ...] = ()) -> bool:
+    return step > 0 and (step % every == 0 or step == total or step in points)
+
+
+def _next_stop(step: int, total: int, every: int, points: tuple[int, ...]) -> int:
+    """The next step at which validation is due after ``step``."""
+    later = [p for p in points if p > step]
+    return min([total, (step // every + 1) * every, *later])
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,10 @@ class Validation:
     patience: int  # train.patience (0: no early stopping)
     precision: str = "fp32"
     is_main: bool = True  # rank 0: runs eval_hook and on_eval
+    # extra validation steps besides every ``every``: the learning curve's log-spaced points (S/16, S/8, S/4,
+    # S/2, S; :func:`difflab.experiments.training.curves.curve_steps`), so that the convergence verdict
+    # always finds the half-budget point
+    points: tuple[int, ...] = ()
 
 
 def _validate_once(trainer: Any, v: Validation, eval_hook: EvalHook | None) -> dict[str, Any]:
@@ -140,12 +150,12 @@ def train_with_validation(
     while True:
         step = trainer.step
         last = extra["evals"][-1]["step"] if extra["evals"] else 0
-        if h.status != "diverged" and _eval_due(step, total, v.every) and last < step:
+        if h.status != "diverged" and _eval_due(step, total, v.every, v.points) and last < step:
             _validate_once(trainer, v, eval_hook)
             trainer.save_checkpoint()
             if on_eval is not None and v.is_main:
                 on_eval(extra["evals"])
         if h.status in ("finished", "diverged", "early_stopped") or trainer.step >= total:
             break
-        trainer.train(progress, until=min(total, (trainer.step // v.every + 1) * v.every))
+        trainer.train(progress, until=_next_stop(trainer.step, total, v.every, v.points))
     return trainer
