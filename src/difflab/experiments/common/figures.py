@@ -238,6 +238,18 @@ def plot_curve(
     return _save(fig, path)
 
 
+def _spread_scale(ax: Any, values: Sequence[float]) -> None:
+    """A symmetric-log y axis when the values span more than two decades (an x0 arm's KL of 60 nats beside
+    arms at 0.05 flattens them all on a linear axis); linear within 1 % of the largest |value| of 1, so values
+    near 0 or slightly below it (a Monte-Carlo KL) stay visible."""
+    finite = [abs(v) for v in values if math.isfinite(v) and v != 0]
+    if len(finite) >= 2 and max(finite) / min(finite) > 100:
+        linthresh = max(min(finite), 1e-2 * min(1.0, max(finite)))
+        ax.set_yscale("symlog", linthresh=linthresh)
+        if min(v for v in values if math.isfinite(v)) > -linthresh:  # no room below 0 for s.e. bands
+            ax.set_ylim(bottom=-linthresh)
+
+
 def plot_learning_curves(
     curves: Mapping[str, Mapping[str, Sequence[float]]],
     path: PathLike,
@@ -262,6 +274,7 @@ def plot_learning_curves(
             if math.isfinite(value):
                 ax.axhline(value, color="k", ls=("--", ":", "-.")[i % 3], lw=1.0, label=name)
         ax.set_xscale("log")
+        _spread_scale(ax, [v for c in curves.values() for v in c["value"]])
         ax.set_xlabel(xlabel)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
