@@ -120,7 +120,7 @@ class EvalConfig:
     # sampler) + floor
     curve_points: int = param(9, ge=0, doc="learning-curve points (0: none; else 4m + 1)")
     curve_n: int = param(200, ge=1, doc="test points of the learning-curve metrics")
-    curve_n_samples: int = param(500, ge=0, doc="samples of the curve's sliced W2 (0: none)")
+    curve_n_samples: int = param(250, ge=0, doc="samples of the curve's sliced W2 (0: none)")
     curve_sample_steps: int = param(50, ge=1, doc="sampler steps of the curve's samples")
     curve_rtol: float = param(1e-2, gt=0, le=0.1, doc="dopri5 rtol = atol of the curve's PF-ODE NLL")
     curve_nelbo_t_draws: int = param(64, ge=1, doc="t draws per point of the curve's NELBO")
