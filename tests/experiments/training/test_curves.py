@@ -368,7 +368,7 @@ def test_image_curve_from_validation_records():
     v = run_verdict(curve, "val_loss", rtol=IMAGE_VERDICT_RTOL)
     # 0.005 / 0.395 = 1.3% <= 2%: converged; no s.e. on record, so only the tolerance decides
     assert v["verdict"] == CONVERGED and v["verdict_change"] == pytest.approx(-0.005)
-    assert math.isnan(v["verdict_se"])
+    assert v["verdict_se"] is None  # no s.e. on record: None, not NaN (a rerun must compare equal)
     evals[-1]["val_loss"] = 0.30
     assert (
         run_verdict(image_curve(SimpleNamespace(extra={"evals": evals}), 0), "val_loss", rtol=0.02)["verdict"]

@@ -83,7 +83,10 @@ def run_verdict(curve: Mapping[str, Any] | None, metric: str, rtol: float = 0.1,
     delta, se = change
     end = max((p for p in curve["points"] if metric in p["metrics"]), key=lambda p: p["step"])
     verdict = judge(delta, se, float(end["metrics"][metric]), rtol, atol)
-    out.update(verdict=verdict, verdict_change=delta, verdict_se=se, converged=float(verdict == CONVERGED))
+    # no s.e. on record (an image curve's validation loss): None, not NaN (NaN != NaN in every comparison)
+    se_out = se if math.isfinite(se) else None
+    out.update(verdict=verdict, verdict_change=delta, verdict_se=se_out)
+    out["converged"] = float(verdict == CONVERGED)
     out.update(verdict_rtol=rtol, verdict_atol=atol)  # so that the arm's verdict uses the same tolerances
     return out
 
