@@ -74,7 +74,7 @@ def headline_metrics(group: Group, spec: ReportSpec) -> list[str]:
 
 def _arm_verdict(arm: Arm) -> tuple[str | None, str]:
     """(verdict, cell text) of an arm. One run: its verdict and change over the last doubling. k >= 2 seeds:
-    the verdict of the mean change over the seeds (se = sd / sqrt(k),
+    the verdict of the mean change over the seeds (its s.e. keeps the evaluation noise the seeds share,
     :func:`~difflab.experiments.study.convergence.arm_verdict`), with the runs' own verdicts counted."""
     text = arm.text(VERDICT_KEY)
     if text is None:

@@ -45,17 +45,21 @@ class NoGradDenoiser:
     coefficients, target -> (x0_hat, eps_hat) hub, samplers, estimators) in float64.
 
     ``network_dtype`` is the dtype the backbone (``denoiser.net`` of a
-    :class:`~difflab.parameterization.TargetDenoiser`) runs in. Default float32, the precision the network
-    was trained in, so the float64 copy would only add digits the function does not have: on the default
+    :class:`~difflab.parameterization.TargetDenoiser`) runs in. Default: the dtype of its parameters, i.e.
+    the precision it was trained in (float32), so a float64 copy would only add digits the function does not
+    have: on the default
     study's mixture8 eps arm the NELBO over 2000 points x 512 t draws moved by 5e-9 nats/dim (0.49398490 vs
     0.49398490, MC s.e. 0.0036) and took 6.6 s instead of 17.0 s on one thread. ``torch.float64`` gives the
     whole model in float64 (the behaviour before)."""
 
-    def __init__(self, denoiser: Any, network_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, denoiser: Any, network_dtype: torch.dtype | None = None) -> None:
         if isinstance(denoiser, nn.Module):
+            net = getattr(denoiser, "net", None)
+            if network_dtype is None and isinstance(net, nn.Module):
+                network_dtype = next(net.parameters(), torch.empty(0, dtype=torch.float64)).dtype
             denoiser = copy.deepcopy(denoiser).double().eval()
             net = getattr(denoiser, "net", None)
-            if network_dtype != torch.float64 and isinstance(net, nn.Module):
+            if network_dtype not in (None, torch.float64) and isinstance(net, nn.Module):
                 denoiser.net = CastNetwork(net, network_dtype)
             for p in denoiser.parameters():
                 p.requires_grad_(False)
