@@ -21,8 +21,10 @@ For one x_t, prediction errors obey alpha d_x0 + sigma d_eps = 0, hence in eps-s
 :func:`error_scale` returns these factors m_X (|d_X|^2 = m_X |d_eps|^2). Kingma & Gao (2023), sec. 2.
 The flow target needs the time derivatives d_alpha, d_sigma (keyword arguments of the conversions).
 
-EDM preconditioning (Karras et al. 2022, Table 1 and eq. 7) is an option of :class:`TargetDenoiser` for the x0
-target (D-space, where EDM writes its loss): see :data:`PRECONDITIONINGS`.
+Output preconditionings of :class:`TargetDenoiser` (:data:`PRECONDITIONINGS`): EDM's (Karras et al. 2022,
+Table 1 and eq. 7) for the x0 target (D-space, where EDM writes its loss), and the score network scaled by
+the noise level, s = -F / sigma_t, for the score target (Song & Ermon 2020, technique 3; the score-SDE code's
+VP and sub-VP score models, Song et al. 2021), which leaves F at unit scale at every t.
 """
 
 from __future__ import annotations
@@ -175,8 +177,23 @@ class EDMPreconditioning:
 PRECONDITIONINGS: dict[str, str] = {
     "none": "the network's output is the target itself",
     "edm": "D = c_skip x~ + c_out F(c_in x~; c_noise) (Karras et al. 2022 eq. 7; x0 target only)",
+    "scale_by_sigma": "s = -F(x_t, t) / sigma_t (Song & Ermon 2020; score-SDE's models; score target only)",
 }
 """Preconditioning names of :class:`TargetDenoiser` (unknown names are errors listing these)."""
+
+PRECONDITIONING_TARGET: dict[str, Target] = {"edm": Target.X0, "scale_by_sigma": Target.SCORE}
+"""The one target each output preconditioning is defined for ("none" fits every target)."""
+
+
+def preconditioning_error(preconditioning: str, target: Target | str) -> str | None:
+    """Why ``preconditioning`` cannot wrap a network of ``target`` (None when it can)."""
+    need = PRECONDITIONING_TARGET.get(preconditioning)
+    if need is None or parse_target(target) is need:
+        return None
+    return (
+        f"preconditioning {preconditioning!r} ({PRECONDITIONINGS[preconditioning]}) needs target "
+        f"{need.value!r}, got {parse_target(target).value!r}"
+    )
 
 
 class TargetDenoiser(nn.Module):
@@ -193,6 +210,12 @@ class TargetDenoiser(nn.Module):
     sigma_data = ``data_std`` (:class:`EDMPreconditioning`); the network's time input is
     c_noise = ln(sigma~)/4.
     The loss stays in D = x0 space, as EDM writes it (eq. 2, 8); ``input_scaling`` is implied (c_in).
+
+    With ``preconditioning="scale_by_sigma"`` (target score only) the score is s = -F(x_t, t) / sigma_t
+    (Song & Ermon 2020, sec. 4 technique 3; score-SDE's ``get_score_fn``): F is eps-like, of unit scale at
+    every t, where an unscaled network must itself grow its output like 1/sigma_t (~50 at log-SNR 7.85).
+    Only the network's output is reparameterised: the objective, its weighting and its minimiser (the
+    true score) are unchanged.
     """
 
     def __init__(
@@ -211,10 +234,9 @@ class TargetDenoiser(nn.Module):
         self.input_scaling = input_scaling
         self.data_std = float(data_std)
         lookup(PRECONDITIONINGS, preconditioning, "preconditioning")
-        if preconditioning == "edm" and self.target is not Target.X0:
-            raise ValueError(
-                f"preconditioning 'edm' predicts D = x0_hat: needs target 'x0', got {self.target.value!r}"
-            )
+        error = preconditioning_error(preconditioning, self.target)
+        if error is not None:
+            raise ValueError(error)
         self.preconditioning = preconditioning
 
     def _edm(self, x_t: Tensor, t: Tensor) -> Tensor:
@@ -232,11 +254,19 @@ class TargetDenoiser(nn.Module):
         t = batch_time(t, x_t)
         if self.preconditioning == "edm":
             return self._edm(x_t, t)
+        c = self.process.coefficients(t.detach().cpu()) if self.input_scaling or self.scaled else None
         if self.input_scaling:
-            c = self.process.coefficients(t.detach().cpu())
             c_in = (c.alpha**2 * self.data_std**2 + c.sigma**2).rsqrt().to(x_t.device)
             x_t = x_t * expand_like(c_in, x_t)
-        return self.net(x_t, t.to(x_t.dtype))
+        out = self.net(x_t, t.to(x_t.dtype))
+        if self.scaled:
+            out = out * expand_like((-1.0 / c.sigma).to(x_t.device, out.dtype), out)
+        return out
+
+    @property
+    def scaled(self) -> bool:
+        """True for the score network scaled by the noise level (``preconditioning="scale_by_sigma"``)."""
+        return self.preconditioning == "scale_by_sigma"
 
     def predict(self, x_t: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
         t = batch_time(t, x_t)

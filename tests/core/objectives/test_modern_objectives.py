@@ -142,6 +142,44 @@ def test_preconditioning_errors() -> None:
         assert name in str(err.value)
 
 
+@pytest.mark.parametrize("pname", ["ou", "trig_vp", "ddpm-cosine-50"])
+def test_scale_by_sigma_score_is_minus_F_over_sigma(pname: str) -> None:
+    """s = -F / sigma_t (score-SDE's get_score_fn): the wrapped score, its eps_hat = F, and the
+    inverse-variance score loss sigma^2 |s - s*|^2 = |F - eps|^2 (the eps loss of F), to float64 rounding."""
+    p = ALL[pname]
+    g = torch.Generator().manual_seed(3)
+    x0, eps = torch.randn(64, 2, dtype=F64, generator=g), torch.randn(64, 2, dtype=F64, generator=g)
+    t = p.t_min + (p.t_max - p.t_min) * torch.rand(64, dtype=F64, generator=g)
+    c = p.coefficients(t)
+    x_t = c.alpha[:, None] * x0 + c.sigma[:, None] * eps
+    den = TargetDenoiser(FNet(), p, "score", preconditioning="scale_by_sigma")
+    F = FNet()(x_t, t)
+    torch.testing.assert_close(den.raw(x_t, t), -F / c.sigma[:, None], rtol=1e-13, atol=0)
+    torch.testing.assert_close(den.predict(x_t, t)[1], F, rtol=1e-12, atol=1e-12)
+    loss = build_objective(p, "score", "inverse_variance", "uniform")(den, x0, t=t, eps=eps).loss
+    plain = build_objective(p, "eps", "eps_simple", "uniform")
+    ref = plain(TargetDenoiser(FNet(), p, "eps"), x0, t=t, eps=eps).loss
+    assert _rel(loss, ref) < 1e-10
+
+
+def test_of_the_test_scale_by_sigma_wrong_scale_fails() -> None:
+    """Scaling by 1/sigma^2 or 1/alpha (plausible slips) instead of 1/sigma misses the identity by > 10%."""
+    p = ALL["ou"]
+    g = torch.Generator().manual_seed(3)
+    x_t = torch.randn(64, 2, dtype=F64, generator=g)
+    t = torch.linspace(0.05, 0.95, 64, dtype=F64)
+    c = p.coefficients(t)
+    s = TargetDenoiser(FNet(), p, "score", preconditioning="scale_by_sigma").raw(x_t, t)
+    F = FNet()(x_t, t)
+    for wrong in (-F / c.sigma[:, None] ** 2, -F / c.alpha[:, None]):
+        assert _rel(wrong, s) > 0.1
+
+
+def test_scale_by_sigma_needs_the_score_target() -> None:
+    with pytest.raises(ValueError, match="score"):
+        TargetDenoiser(FNet(), ALL["ou"], "eps", preconditioning="scale_by_sigma")
+
+
 # --- flow matching ------------------------------------------------------------------------------------------
 
 

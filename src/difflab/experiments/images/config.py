@@ -69,8 +69,10 @@ class ImageModelConfig:
     num_heads: int = param(1, ge=1, doc="attention heads")
     scale_shift: bool = param(False, doc="FiLM scale-shift time conditioning")
     input_scaling: bool = param(False, doc="c_in scaling of the network input")
-    # "none" or "edm" (Karras et al. 2022 eq. 7, x0 target only; sigma_data = 0.5: images in [-1, 1])
-    preconditioning: str = param("none", doc="none | edm (Karras et al. 2022 eq. 7; x0 target only)")
+    # "none", "edm" (Karras et al. 2022 eq. 7, x0 target only; sigma_data = 0.5: images in [-1, 1])
+    preconditioning: str = param(
+        "none", doc="none | edm (Karras et al. 2022 eq. 7; x0) | scale_by_sigma (s = -F / sigma_t; score)"
+    )
 
 
 @dataclass(frozen=True)
@@ -187,13 +189,12 @@ def _check_names(config: ImageRunConfig) -> Any:
     if ev.grid != "auto":
         lookup(GRIDS, ev.grid, "grid")
     check_choice(FEATURES, ev.features, "feature network")
-    from difflab.parameterization import PRECONDITIONINGS
+    from difflab.parameterization import PRECONDITIONINGS, preconditioning_error
 
     check_choice(PRECONDITIONINGS, config.model.preconditioning, "preconditioning")
-    if config.model.preconditioning == "edm" and obj.target != "x0":
-        raise ConfigError(
-            "model.preconditioning = 'edm' predicts D = x0_hat: it needs objective.target = 'x0'"
-        )
+    error = preconditioning_error(config.model.preconditioning, obj.target)
+    if error is not None:
+        raise ConfigError(f"model.{error} (objective.target)")
     check_choice(SOLVERS, ev.pf_ode_solver, "PF-ODE solver")
     check_sampler_options(ev.options(), SAMPLERS, [ev.sampler])
     check_process_range(process)

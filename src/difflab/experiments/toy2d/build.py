@@ -11,7 +11,7 @@ from torch import nn
 from difflab.experiments.common.configs import check_choice, check_device, check_sampler_options
 from difflab.experiments.toy2d.config import ConfigError, RunConfig, also_sampler_names, total_steps
 from difflab.experiments.training.trainer import LR_SCHEDULES, OPTIMIZERS
-from difflab.parameterization import PRECONDITIONINGS, TargetDenoiser, parse_target
+from difflab.parameterization import PRECONDITIONINGS, TargetDenoiser, parse_target, preconditioning_error
 from difflab.processes import Process, build_process
 from difflab.registry import lookup
 
@@ -63,10 +63,9 @@ def check_names(config: RunConfig) -> Process:
     lookup(ACTIVATIONS, m.activation, "activation")
     check_choice(CONDITIONINGS, m.conditioning, "conditioning")
     check_choice(PRECONDITIONINGS, m.preconditioning, "preconditioning")
-    if m.preconditioning == "edm" and parse_target(config.objective.target).value != "x0":
-        raise ConfigError(
-            "model.preconditioning = 'edm' predicts D = x0_hat: it needs objective.target = 'x0'"
-        )
+    error = preconditioning_error(m.preconditioning, config.objective.target)
+    if error is not None:
+        raise ConfigError(f"model.{error} (objective.target)")
     check_device(config.train.device)
     lookup(TOY2D, config.data.name, "data set")
     lookup(OPTIMIZERS, config.train.optimizer, "optimizer")

@@ -53,8 +53,10 @@ class ModelConfig:
     activation: str = param("silu", doc="activation function")
     conditioning: str = param("film", doc="how the time embedding enters: film (scale-shift) | concat")
     input_scaling: bool = param(True, doc="c_in scaling of the network input")
-    # "none" or "edm" (Karras et al. 2022 eq. 7, x0 target only; sigma_data = 1: the data are z-scored)
-    preconditioning: str = param("none", doc="none | edm (Karras et al. 2022 eq. 7; x0 target only)")
+    # "none", "edm" (Karras et al. 2022 eq. 7, x0 target only; sigma_data = 1: the data are z-scored)
+    preconditioning: str = param(
+        "none", doc="none | edm (Karras et al. 2022 eq. 7; x0) | scale_by_sigma (s = -F / sigma_t; score)"
+    )
     # model-specific options of the non-diffusion baselines (difflab.experiments.toy2d.baselines), e.g.
     # num_categories, latent_dim, latent_dims, tau_start, tau_end, init_from_data, vlb_weight
     options: dict = field(
