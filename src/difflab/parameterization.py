@@ -191,8 +191,8 @@ def preconditioning_error(preconditioning: str, target: Target | str) -> str | N
     if need is None or parse_target(target) is need:
         return None
     return (
-        f"preconditioning {preconditioning!r} ({PRECONDITIONINGS[preconditioning]}) needs target "
-        f"{need.value!r}, got {parse_target(target).value!r}"
+        f"model.preconditioning = {preconditioning!r} ({PRECONDITIONINGS[preconditioning]}) needs "
+        f"objective.target = {need.value!r}, got {parse_target(target).value!r}"
     )
 
 

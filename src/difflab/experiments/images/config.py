@@ -194,7 +194,7 @@ def _check_names(config: ImageRunConfig) -> Any:
     check_choice(PRECONDITIONINGS, config.model.preconditioning, "preconditioning")
     error = preconditioning_error(config.model.preconditioning, obj.target)
     if error is not None:
-        raise ConfigError(f"model.{error} (objective.target)")
+        raise ConfigError(error)
     check_choice(SOLVERS, ev.pf_ode_solver, "PF-ODE solver")
     check_sampler_options(ev.options(), SAMPLERS, [ev.sampler])
     check_process_range(process)

@@ -65,7 +65,7 @@ def check_names(config: RunConfig) -> Process:
     check_choice(PRECONDITIONINGS, m.preconditioning, "preconditioning")
     error = preconditioning_error(m.preconditioning, config.objective.target)
     if error is not None:
-        raise ConfigError(f"model.{error} (objective.target)")
+        raise ConfigError(error)
     check_device(config.train.device)
     lookup(TOY2D, config.data.name, "data set")
     lookup(OPTIMIZERS, config.train.optimizer, "optimizer")
