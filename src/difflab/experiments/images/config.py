@@ -69,7 +69,8 @@ class ImageModelConfig:
     num_heads: int = param(1, ge=1, doc="attention heads")
     scale_shift: bool = param(False, doc="FiLM scale-shift time conditioning")
     input_scaling: bool = param(False, doc="c_in scaling of the network input")
-    # "none", "edm" (Karras et al. 2022 eq. 7, x0 target only; sigma_data = 0.5: images in [-1, 1])
+    # "none", "edm" (Karras et al. 2022 eq. 7, x0 target; sigma_data = 0.5: images in [-1, 1]) or
+    # "scale_by_sigma" (s = -F / sigma_t, score target)
     preconditioning: str = param(
         "none", doc="none | edm (Karras et al. 2022 eq. 7; x0) | scale_by_sigma (s = -F / sigma_t; score)"
     )

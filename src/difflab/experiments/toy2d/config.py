@@ -53,7 +53,8 @@ class ModelConfig:
     activation: str = param("silu", doc="activation function")
     conditioning: str = param("film", doc="how the time embedding enters: film (scale-shift) | concat")
     input_scaling: bool = param(True, doc="c_in scaling of the network input")
-    # "none", "edm" (Karras et al. 2022 eq. 7, x0 target only; sigma_data = 1: the data are z-scored)
+    # "none", "edm" (Karras et al. 2022 eq. 7, x0 target; sigma_data = 1: the data are z-scored) or
+    # "scale_by_sigma" (s = -F / sigma_t, score target)
     preconditioning: str = param(
         "none", doc="none | edm (Karras et al. 2022 eq. 7; x0) | scale_by_sigma (s = -F / sigma_t; score)"
     )
