@@ -184,6 +184,14 @@ def cmd_study(args: argparse.Namespace) -> int:
     return _study_outcome(result, out, command)
 
 
+def cmd_tensorboard(args: argparse.Namespace) -> int:
+    from difflab.experiments.study.tensorboard import export_tensorboard
+
+    out = export_tensorboard(args.study_dir, args.out)
+    print(f"tensorboard: {out}  (view: tensorboard --logdir {shlex.quote(str(out))})")
+    return 0
+
+
 SLURM_FLAGS = {
     "cluster": (str, "submitit cluster: slurm, or local / debug to try without Slurm"),
     "partition": (str, "Slurm partition"),
@@ -260,6 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     _add_study_parser(sub, fmt)
+    p = sub.add_parser(
+        "tensorboard",
+        help="export a study's curves and hyperparameters as TensorBoard event files",
+        formatter_class=fmt,
+    )
+    p.add_argument("study_dir", help="a study's output directory (with results.json)")
+    p.add_argument("--out", help="event-file directory (default STUDY_DIR/tensorboard)")
+    p.set_defaults(func=cmd_tensorboard)
     return parser
 
 
