@@ -184,6 +184,37 @@ PRECONDITIONINGS: dict[str, str] = {
 PRECONDITIONING_TARGET: dict[str, Target] = {"edm": Target.X0, "scale_by_sigma": Target.SCORE}
 """The one target each output preconditioning is defined for ("none" fits every target)."""
 
+TIME_INPUTS: dict[str, str] = {
+    "t": "the network sees the process time t in [0, 1]",
+    "logsnr": "the network sees u = (lambda_max - lambda_t) / (lambda_max - lambda_min) in [0, 1] (VDM)",
+}
+"""What :class:`TargetDenoiser` feeds its network as time (unknown names are errors listing these)."""
+
+
+def time_input_error(time_input: str, preconditioning: str) -> str | None:
+    """Why ``time_input`` cannot go with ``preconditioning`` (None when it can): EDM feeds its own c_noise."""
+    if time_input == "t" or preconditioning != "edm":
+        return None
+    return (
+        f"model.time_input = {time_input!r} does not combine with model.preconditioning = 'edm', "
+        "whose network already takes c_noise = ln(sigma) / 4; use time_input = 't'"
+    )
+
+
+def logsnr_time(process: Process, t: Tensor) -> Tensor:
+    """The log-SNR rescaled to [0, 1], u = (lambda_max - lambda_t) / (lambda_max - lambda_min) (float64).
+
+    lambda_max = lambda(t_min) and lambda_min = lambda(t_max), so u runs from 0 (least noise) to 1 like t,
+    and u = t exactly for a process whose log-SNR is linear in t on [0, 1]. Conditioning the network on the
+    noise level rather than on t is VDM's choice (Kingma et al. 2021, sec. 3.4: the network takes gamma(t))
+    and EDM's (c_noise = ln(sigma) / 4; Karras et al. 2022, Table 1): at high log-SNR a process's t crowds
+    the whole resolved range into a sliver (OU with logsnr_max 7.85: lambda in [2, 7.85] is t in
+    [4e-5, 0.024]), where a time embedding barely changes.
+    """
+    lam_max = process.logsnr(process.t_min)
+    lam_min = process.logsnr(process.t_max)
+    return (lam_max - process.logsnr(t)) / (lam_max - lam_min)
+
 
 def preconditioning_error(preconditioning: str, target: Target | str) -> str | None:
     """Why ``preconditioning`` cannot wrap a network of ``target`` (None when it can)."""
@@ -216,6 +247,9 @@ class TargetDenoiser(nn.Module):
     every t, where an unscaled network must itself grow its output like 1/sigma_t (~50 at log-SNR 7.85).
     Only the network's output is reparameterised: the objective, its weighting and its minimiser (the
     true score) are unchanged.
+
+    With ``time_input="logsnr"`` the network's time input is :func:`logsnr_time` (the log-SNR rescaled to
+    [0, 1]) instead of t: a reparameterisation of the network's input only, as above.
     """
 
     def __init__(
@@ -226,6 +260,7 @@ class TargetDenoiser(nn.Module):
         input_scaling: bool = False,
         data_std: float = 1.0,
         preconditioning: str = "none",
+        time_input: str = "t",
     ) -> None:
         super().__init__()
         self.net = net
@@ -238,6 +273,11 @@ class TargetDenoiser(nn.Module):
         if error is not None:
             raise ValueError(error)
         self.preconditioning = preconditioning
+        lookup(TIME_INPUTS, time_input, "time input")
+        error = time_input_error(time_input, preconditioning)
+        if error is not None:
+            raise ValueError(error)
+        self.time_input = time_input
 
     def _edm(self, x_t: Tensor, t: Tensor) -> Tensor:
         c = self.process.coefficients(t.detach().cpu())
@@ -258,7 +298,8 @@ class TargetDenoiser(nn.Module):
         if self.input_scaling:
             c_in = (c.alpha**2 * self.data_std**2 + c.sigma**2).rsqrt().to(x_t.device)
             x_t = x_t * expand_like(c_in, x_t)
-        out = self.net(x_t, t.to(x_t.dtype))
+        t_net = logsnr_time(self.process, t.detach().cpu()).to(t.device) if self.time_input == "logsnr" else t
+        out = self.net(x_t, t_net.to(x_t.dtype))
         if self.scaled:
             out = out * expand_like((-1.0 / c.sigma).to(x_t.device, out.dtype), out)
         return out

@@ -20,7 +20,14 @@ from torch import nn
 
 from difflab.objectives import build_objective, build_time_distribution, build_weighting
 from difflab.objectives.weighting import Weighting, elbo_weighting
-from difflab.parameterization import PRECONDITIONINGS, Target, TargetDenoiser, from_hub
+from difflab.parameterization import (
+    PRECONDITIONINGS,
+    TIME_INPUTS,
+    Target,
+    TargetDenoiser,
+    from_hub,
+    logsnr_time,
+)
 from difflab.processes import PROCESSES, ShiftedTrigVP, TrigVP, build_process, ddpm_chain
 from difflab.registry import UnknownNameError
 
@@ -178,6 +185,61 @@ def test_of_the_test_scale_by_sigma_wrong_scale_fails() -> None:
 def test_scale_by_sigma_needs_the_score_target() -> None:
     with pytest.raises(ValueError, match="score"):
         TargetDenoiser(FNet(), ALL["ou"], "eps", preconditioning="scale_by_sigma")
+
+
+# --- the network's time input ------------------------------------------------------------------------------
+
+
+class TimeRecorder(nn.Module):
+    """F(x, t) = FNet(x, t), remembering the time it was given."""
+
+    def forward(self, x_in: torch.Tensor, t_in: torch.Tensor) -> torch.Tensor:
+        self.seen = t_in
+        return FNet()(x_in, t_in)
+
+
+@pytest.mark.parametrize("pname", list(ALL))
+def test_logsnr_time_input_is_the_rescaled_logsnr(pname: str) -> None:
+    """time_input "logsnr": the network sees u = (lambda(t_min) - lambda_t) / (lambda(t_min) - lambda(t_max)),
+    0 at t_min, 1 at t_max, increasing; only the input changes (raw = F(x_t, u) for the plain target)."""
+    p = ALL[pname]
+    t = torch.linspace(p.t_min, p.t_max, 65, dtype=F64)
+    lam = p.coefficients(t).logsnr
+    u_ref = (lam[0] - lam) / (lam[0] - lam[-1])
+    u = logsnr_time(p, t)
+    torch.testing.assert_close(u, u_ref, rtol=0, atol=1e-12)
+    assert abs(float(u[0])) < 1e-12 and abs(float(u[-1]) - 1.0) < 1e-12
+    assert bool((u.diff() > 0).all())
+    x_t = torch.randn(65, 2, dtype=F64, generator=torch.Generator().manual_seed(5))
+    net = TimeRecorder()
+    den = TargetDenoiser(net, p, "eps", time_input="logsnr")
+    torch.testing.assert_close(den.raw(x_t, t), FNet()(x_t, u_ref), rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(net.seen, u_ref, rtol=0, atol=1e-12)
+    TargetDenoiser(net, p, "eps").raw(x_t, t)
+    torch.testing.assert_close(net.seen, t, rtol=0, atol=0)  # the default still feeds t
+
+
+def test_of_the_test_logsnr_time_is_not_t() -> None:
+    """On OU with logsnr_max 7.85 the resolved range lambda in [2, 7.85] is t < 0.025 but u in [0, 0.33]: an
+    implementation that fed t (or lambda itself, or u reversed) would miss the identity by far."""
+    p = build_process("ou", logsnr_max=7.85)
+    t = p.t_of_logsnr(torch.tensor([7.85, 2.0], dtype=F64))
+    assert float(t[1]) < 0.025
+    u = logsnr_time(p, t)
+    lam = p.logsnr(t)
+    assert abs(float(u[1]) - (7.85 - 2.0) / (7.85 - float(p.logsnr(p.t_max)))) < 1e-9
+    for wrong in (t, lam, 1.0 - u):
+        assert float((wrong - u).abs().max()) > 0.3
+
+
+def test_time_input_errors() -> None:
+    p = ALL["trig_vp"]
+    with pytest.raises(UnknownNameError) as err:
+        TargetDenoiser(FNet(), p, "eps", time_input="sigma")
+    for name in TIME_INPUTS:
+        assert name in str(err.value)
+    with pytest.raises(ValueError, match="c_noise"):
+        TargetDenoiser(FNet(), p, "x0", preconditioning="edm", time_input="logsnr")
 
 
 # --- flow matching ------------------------------------------------------------------------------------------

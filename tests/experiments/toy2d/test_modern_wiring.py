@@ -150,6 +150,18 @@ def test_edm_preconditioning_needs_the_x0_target():
         validate_image_config({"model": {"preconditioning": "vp"}})
 
 
+def test_time_input_reaches_the_denoiser_and_bad_values_are_config_errors():
+    config = validate_config({"model": {"time_input": "logsnr"}, "process": {"name": "ou"}})
+    assert build_run_parts(config).denoiser.time_input == "logsnr"
+    assert validate_image_config({"model": {"time_input": "logsnr"}}).model.time_input == "logsnr"
+    for validate in (validate_config, validate_image_config):
+        with pytest.raises(ConfigError, match="valid time inputs: logsnr, t"):
+            validate({"model": {"time_input": "sigma"}})
+        raw = {"model": {"preconditioning": "edm", "time_input": "logsnr"}, "objective": {"target": "x0"}}
+        with pytest.raises(ConfigError, match="c_noise"):
+            validate(raw)
+
+
 def test_image_build_passes_preconditioning_and_data_std():
     from difflab.experiments.images.train import build_denoiser
     from difflab.processes import build_process

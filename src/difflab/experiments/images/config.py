@@ -74,6 +74,9 @@ class ImageModelConfig:
     preconditioning: str = param(
         "none", doc="none | edm (Karras et al. 2022 eq. 7; x0) | scale_by_sigma (s = -F / sigma_t; score)"
     )
+    time_input: str = param(
+        "t", doc="network time input: t | logsnr (log-SNR rescaled to [0, 1]; Kingma et al. 2021)"
+    )
 
 
 @dataclass(frozen=True)
@@ -190,12 +193,21 @@ def _check_names(config: ImageRunConfig) -> Any:
     if ev.grid != "auto":
         lookup(GRIDS, ev.grid, "grid")
     check_choice(FEATURES, ev.features, "feature network")
-    from difflab.parameterization import PRECONDITIONINGS, preconditioning_error
+    from difflab.parameterization import (
+        PRECONDITIONINGS,
+        TIME_INPUTS,
+        preconditioning_error,
+        time_input_error,
+    )
 
     check_choice(PRECONDITIONINGS, config.model.preconditioning, "preconditioning")
-    error = preconditioning_error(config.model.preconditioning, obj.target)
-    if error is not None:
-        raise ConfigError(error)
+    check_choice(TIME_INPUTS, config.model.time_input, "time input")
+    for error in (
+        preconditioning_error(config.model.preconditioning, obj.target),
+        time_input_error(config.model.time_input, config.model.preconditioning),
+    ):
+        if error is not None:
+            raise ConfigError(error)
     check_choice(SOLVERS, ev.pf_ode_solver, "PF-ODE solver")
     check_sampler_options(ev.options(), SAMPLERS, [ev.sampler])
     check_process_range(process)

@@ -108,6 +108,7 @@ def build_denoiser(config: ImageRunConfig, process: Any, net: nn.Module) -> nn.M
         m.input_scaling,
         data_std=0.5,
         preconditioning=m.preconditioning,
+        time_input=m.time_input,
     )
 
 

@@ -11,7 +11,14 @@ from torch import nn
 from difflab.experiments.common.configs import check_choice, check_device, check_sampler_options
 from difflab.experiments.toy2d.config import ConfigError, RunConfig, also_sampler_names, total_steps
 from difflab.experiments.training.trainer import LR_SCHEDULES, OPTIMIZERS
-from difflab.parameterization import PRECONDITIONINGS, TargetDenoiser, parse_target, preconditioning_error
+from difflab.parameterization import (
+    PRECONDITIONINGS,
+    TIME_INPUTS,
+    TargetDenoiser,
+    parse_target,
+    preconditioning_error,
+    time_input_error,
+)
 from difflab.processes import Process, build_process
 from difflab.registry import lookup
 
@@ -66,6 +73,10 @@ def check_names(config: RunConfig) -> Process:
     error = preconditioning_error(m.preconditioning, config.objective.target)
     if error is not None:
         raise ConfigError(error)
+    check_choice(TIME_INPUTS, m.time_input, "time input")
+    error = time_input_error(m.time_input, m.preconditioning)
+    if error is not None:
+        raise ConfigError(error)
     check_device(config.train.device)
     lookup(TOY2D, config.data.name, "data set")
     lookup(OPTIMIZERS, config.train.optimizer, "optimizer")
@@ -104,7 +115,13 @@ def build_run_parts(config: RunConfig) -> RunParts:
         net = MLP(dim, m.hidden, m.layers, m.time_embed, m.embed_dim, m.activation, m.conditioning)
         target = parse_target(config.objective.target)
         denoiser = TargetDenoiser(
-            net, process, target, m.input_scaling, data_std=1.0, preconditioning=m.preconditioning
+            net,
+            process,
+            target,
+            m.input_scaling,
+            data_std=1.0,
+            preconditioning=m.preconditioning,
+            time_input=m.time_input,
         )  # data_std: the 2D sets are z-scored
         trainable = True
     return RunParts(config, process, objective, data, denoiser, total_steps(config), trainable)

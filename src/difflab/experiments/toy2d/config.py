@@ -58,6 +58,9 @@ class ModelConfig:
     preconditioning: str = param(
         "none", doc="none | edm (Karras et al. 2022 eq. 7; x0) | scale_by_sigma (s = -F / sigma_t; score)"
     )
+    time_input: str = param(
+        "t", doc="network time input: t | logsnr (log-SNR rescaled to [0, 1]; Kingma et al. 2021)"
+    )
     # model-specific options of the non-diffusion baselines (difflab.experiments.toy2d.baselines), e.g.
     # num_categories, latent_dim, latent_dims, tau_start, tau_end, init_from_data, vlb_weight
     options: dict = field(
