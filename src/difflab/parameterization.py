@@ -211,9 +211,17 @@ def logsnr_time(process: Process, t: Tensor) -> Tensor:
     the whole resolved range into a sliver (OU with logsnr_max 7.85: lambda in [2, 7.85] is t in
     [4e-5, 0.024]), where a time embedding barely changes.
     """
-    lam_max = process.logsnr(process.t_min)
-    lam_min = process.logsnr(process.t_max)
-    return (lam_max - process.logsnr(t)) / (lam_max - lam_min)
+    return rescale_logsnr(process.logsnr(t), *logsnr_range(process))
+
+
+def logsnr_range(process: Process) -> tuple[float, float]:
+    """(lambda_max, lambda_min) = (lambda(t_min), lambda(t_max)), the endpoints of :func:`logsnr_time`."""
+    return float(process.logsnr(process.t_min)), float(process.logsnr(process.t_max))
+
+
+def rescale_logsnr(logsnr: Tensor, lam_max: float, lam_min: float) -> Tensor:
+    """u = (lambda_max - lambda) / (lambda_max - lambda_min)."""
+    return (lam_max - logsnr) / (lam_max - lam_min)
 
 
 def preconditioning_error(preconditioning: str, target: Target | str) -> str | None:
@@ -278,9 +286,10 @@ class TargetDenoiser(nn.Module):
         if error is not None:
             raise ValueError(error)
         self.time_input = time_input
+        self._logsnr_range = logsnr_range(process) if time_input == "logsnr" else None
 
-    def _edm(self, x_t: Tensor, t: Tensor) -> Tensor:
-        c = self.process.coefficients(t.detach().cpu())
+    def _edm(self, x_t: Tensor, t: Tensor, c: Coefficients | None) -> Tensor:
+        c = c if c is not None else self.process.coefficients(t.detach().cpu())
         pre = EDMPreconditioning.at(c.sigma / c.alpha, self.data_std)
         x_ve = x_t / expand_like(c.alpha.to(x_t.device), x_t)
         f = self.net(x_ve * expand_like(pre.c_in.to(x_t.device), x_t), pre.c_noise.to(x_t.device, x_t.dtype))
@@ -289,16 +298,22 @@ class TargetDenoiser(nn.Module):
             + expand_like(pre.c_out.to(x_t.device), x_t) * f
         )
 
-    def raw(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """The network's prediction in target space at (x_t, t) (D = x0_hat with EDM preconditioning)."""
+    def raw(self, x_t: Tensor, t: Tensor, c: Coefficients | None = None) -> Tensor:
+        """The network's prediction in target space at (x_t, t) (D = x0_hat with EDM preconditioning).
+
+        ``c``: the process coefficients at ``t`` when the caller has them (float64, CPU), so that one
+        forward pass evaluates them once; computed here otherwise."""
         t = batch_time(t, x_t)
         if self.preconditioning == "edm":
-            return self._edm(x_t, t)
-        c = self.process.coefficients(t.detach().cpu()) if self.input_scaling or self.scaled else None
+            return self._edm(x_t, t, c)
+        if c is None and (self.input_scaling or self.scaled or self._logsnr_range is not None):
+            c = self.process.coefficients(t.detach().cpu())
         if self.input_scaling:
             c_in = (c.alpha**2 * self.data_std**2 + c.sigma**2).rsqrt().to(x_t.device)
             x_t = x_t * expand_like(c_in, x_t)
-        t_net = logsnr_time(self.process, t.detach().cpu()).to(t.device) if self.time_input == "logsnr" else t
+        t_net = t
+        if self._logsnr_range is not None:
+            t_net = rescale_logsnr(c.logsnr, *self._logsnr_range).to(t.device)
         out = self.net(x_t, t_net.to(x_t.dtype))
         if self.scaled:
             out = out * expand_like((-1.0 / c.sigma).to(x_t.device, out.dtype), out)
@@ -315,7 +330,7 @@ class TargetDenoiser(nn.Module):
         dev = x_t.device
         alpha, sigma = c.alpha.to(dev), c.sigma.to(dev)
         derivs = {"d_alpha": c.d_alpha.to(dev), "d_sigma": c.d_sigma.to(dev)}
-        return to_hub(self.target, self.raw(x_t, t), x_t, alpha, sigma, **derivs)
+        return to_hub(self.target, self.raw(x_t, t, c), x_t, alpha, sigma, **derivs)
 
     def forward(self, x_t: Tensor, t: Tensor | float) -> Tensor:
         return self.predict(x_t, t)[0]

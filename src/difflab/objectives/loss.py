@@ -184,7 +184,7 @@ class DenoisingObjective:
         x_t = expand_like(alpha, x0) * x0 + expand_like(sigma, x0) * eps
         t_dev = t.to(dev)
         if getattr(denoiser, "target", None) is self.target and hasattr(denoiser, "raw"):
-            pred = denoiser.raw(x_t, t_dev)  # type: ignore[attr-defined]
+            pred = denoiser.raw(x_t, t_dev, c)  # type: ignore[attr-defined]
         else:
             hub = predict_hub(denoiser, x_t, t_dev, alpha, sigma)
             pred = from_hub(self.target, *hub, alpha, sigma, **derivs)

@@ -219,6 +219,23 @@ def test_logsnr_time_input_is_the_rescaled_logsnr(pname: str) -> None:
     torch.testing.assert_close(net.seen, t, rtol=0, atol=0)  # the default still feeds t
 
 
+@pytest.mark.parametrize("pname", ["ou", "ddpm-cosine-50", "trig_vp"])
+def test_raw_with_the_callers_coefficients_is_bit_identical(pname: str) -> None:
+    """The training loss passes its coefficients into ``raw`` (one evaluation per step): same bits as ``raw``
+    computing them itself, for every input option that reads them."""
+    p = ALL[pname]
+    g = torch.Generator().manual_seed(2)
+    x_t = torch.randn(32, 2, dtype=F64, generator=g)
+    t = p.t_min + (p.t_max - p.t_min) * torch.rand(32, dtype=F64, generator=g)
+    c = p.coefficients(t)
+    for kwargs in ({"time_input": "logsnr"}, {"input_scaling": True}, {"preconditioning": "scale_by_sigma"}):
+        target = "score" if "preconditioning" in kwargs else "eps"
+        den = TargetDenoiser(FNet(), p, target, **kwargs)
+        assert torch.equal(den.raw(x_t, t, c), den.raw(x_t, t))
+    den = TargetDenoiser(FNet(), p, "x0", preconditioning="edm")
+    assert torch.equal(den.raw(x_t, t, c), den.raw(x_t, t))
+
+
 def test_of_the_test_logsnr_time_is_not_t() -> None:
     """On OU with logsnr_max 7.85 the resolved range lambda in [2, 7.85] is t < 0.025 but u in [0, 0.33]: an
     implementation that fed t (or lambda itself, or u reversed) would miss the identity by far."""
