@@ -213,6 +213,25 @@ def check_choice(choices: Iterable[str], value: str, what: str) -> str:
     return value
 
 
+def check_denoiser_options(preconditioning: str, time_input: str, target: str) -> None:
+    """``model.preconditioning`` and ``model.time_input`` of a TargetDenoiser (every kind): known names, and
+    a combination the denoiser accepts (:func:`~difflab.parameterization.preconditioning_error`,
+    :func:`~difflab.parameterization.time_input_error`); else ConfigError."""
+    from difflab.parameterization import (
+        PRECONDITIONINGS,
+        TIME_INPUTS,
+        preconditioning_error,
+        time_input_error,
+    )
+
+    check_choice(PRECONDITIONINGS, preconditioning, "preconditioning")
+    check_choice(TIME_INPUTS, time_input, "time input")
+    errors = (preconditioning_error(preconditioning, target), time_input_error(time_input, preconditioning))
+    for error in errors:
+        if error is not None:
+            raise ConfigError(error)
+
+
 def check_device(device: str, key: str = "train.device") -> str:
     """``cpu``, ``cuda`` or ``cuda:N`` (one rule for every kind); anything else is a ConfigError.
 

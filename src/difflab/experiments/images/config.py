@@ -20,6 +20,7 @@ from typing import Any
 from difflab.experiments.common.configs import (
     ConfigError,
     check_choice,
+    check_denoiser_options,
     check_device,
     check_process_range,
     check_sampler_options,
@@ -193,21 +194,7 @@ def _check_names(config: ImageRunConfig) -> Any:
     if ev.grid != "auto":
         lookup(GRIDS, ev.grid, "grid")
     check_choice(FEATURES, ev.features, "feature network")
-    from difflab.parameterization import (
-        PRECONDITIONINGS,
-        TIME_INPUTS,
-        preconditioning_error,
-        time_input_error,
-    )
-
-    check_choice(PRECONDITIONINGS, config.model.preconditioning, "preconditioning")
-    check_choice(TIME_INPUTS, config.model.time_input, "time input")
-    for error in (
-        preconditioning_error(config.model.preconditioning, obj.target),
-        time_input_error(config.model.time_input, config.model.preconditioning),
-    ):
-        if error is not None:
-            raise ConfigError(error)
+    check_denoiser_options(config.model.preconditioning, config.model.time_input, obj.target)
     check_choice(SOLVERS, ev.pf_ode_solver, "PF-ODE solver")
     check_sampler_options(ev.options(), SAMPLERS, [ev.sampler])
     check_process_range(process)

@@ -65,31 +65,28 @@ def run_metrics(row: Mapping[str, Any], axes: list[str]) -> dict[str, float]:
     return {f"final/{k}": float(v) for k, v in row.items() if k not in skip and _is_number(v)}
 
 
-def _write_run(writer_cls: Any, log_dir: Path, run_dir: Path, row: Mapping[str, Any], axes: list[str]) -> int:
-    """Write one run's events; returns the number of scalar events."""
-    n = 0
+def _write_run(
+    writer_cls: Any, log_dir: Path, run_dir: Path, row: Mapping[str, Any], axes: list[str]
+) -> None:
+    """Write one run's events (a run without curves or history gets only its HParams record)."""
+    curves = read_json(run_dir / "curves.json") or {}  # None when missing or unreadable
+    history = read_json(run_dir / "history.json") or {}
     writer = writer_cls(log_dir=str(log_dir))
     try:
-        curves = read_json(run_dir / "curves.json") if (run_dir / "curves.json").exists() else None
-        history = read_json(run_dir / "history.json") if (run_dir / "history.json").exists() else None
-        for point in (curves or {}).get("points", []):
+        for point in curves.get("points", []):
             for name, value in point.get("metrics", {}).items():
                 if _is_number(value):
                     writer.add_scalar(
                         f"curve/{name}", value, int(point["step"]), walltime=float(point["train_seconds"])
                     )
-                    n += 1
-        if history and "steps" in history and "loss" in history:
-            for step, loss in zip(history["steps"], history["loss"], strict=False):
-                if _is_number(loss):
-                    writer.add_scalar("train/loss", loss, int(step))
-                    n += 1
+        for step, loss in zip(history.get("steps", []), history.get("loss", []), strict=False):
+            if _is_number(loss):
+                writer.add_scalar("train/loss", loss, int(step))
         metrics = run_metrics(row, axes)
         if metrics:
             writer.add_hparams(run_hparams(row, axes), metrics, run_name=".")
     finally:
         writer.close()
-    return n
 
 
 def export_tensorboard(study_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> Path:

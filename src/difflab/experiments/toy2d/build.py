@@ -8,17 +8,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from difflab.experiments.common.configs import check_choice, check_device, check_sampler_options
+from difflab.experiments.common.configs import (
+    check_choice,
+    check_denoiser_options,
+    check_device,
+    check_sampler_options,
+)
 from difflab.experiments.toy2d.config import ConfigError, RunConfig, also_sampler_names, total_steps
 from difflab.experiments.training.trainer import LR_SCHEDULES, OPTIMIZERS
-from difflab.parameterization import (
-    PRECONDITIONINGS,
-    TIME_INPUTS,
-    TargetDenoiser,
-    parse_target,
-    preconditioning_error,
-    time_input_error,
-)
+from difflab.parameterization import TargetDenoiser, parse_target
 from difflab.processes import Process, build_process
 from difflab.registry import lookup
 
@@ -69,14 +67,7 @@ def check_names(config: RunConfig) -> Process:
     lookup({n: n for n in MODELS}, m.name, "model")
     lookup(ACTIVATIONS, m.activation, "activation")
     check_choice(CONDITIONINGS, m.conditioning, "conditioning")
-    check_choice(PRECONDITIONINGS, m.preconditioning, "preconditioning")
-    error = preconditioning_error(m.preconditioning, config.objective.target)
-    if error is not None:
-        raise ConfigError(error)
-    check_choice(TIME_INPUTS, m.time_input, "time input")
-    error = time_input_error(m.time_input, m.preconditioning)
-    if error is not None:
-        raise ConfigError(error)
+    check_denoiser_options(m.preconditioning, m.time_input, config.objective.target)
     check_device(config.train.device)
     lookup(TOY2D, config.data.name, "data set")
     lookup(OPTIMIZERS, config.train.optimizer, "optimizer")
