@@ -214,3 +214,42 @@ def test_an_extra_with_axes_of_its_own_names_each_arm():
     spec = ReportSpec(headline=("kl",), best_among_extras=True, compare_within=("data.name",))
     groups = comparison_groups(rows, ["data.name", "objective.weighting", "train.seed"], spec)
     assert [a.name for a in groups[0].arms] == names
+
+
+def test_a_holm_tie_is_not_called_an_interval_containing_zero():
+    """Two arms 2.05 and 2.1 paired s.e. above the best: each unadjusted 95% interval excludes 0 (p 0.04),
+    Holm over the 2 comparisons makes both ties (2 p_(1) > 0.05). The sentence must say that the tie is
+    Holm's and that ± is unadjusted, not that the interval contains 0 (it does not)."""
+    rng = np.random.default_rng(1)
+    n = 400
+    eps = rng.normal(0.0, 1.0, size=n)
+    rows, pointwise = [], {}
+    for target, t_stat in (("eps", 0.0), ("v", 2.05), ("score", 2.1)):
+        # the per-point difference from eps: sd 0.1, mean t_stat paired s.e. (0.1 / sqrt(n))
+        z = rng.normal(size=n)
+        d = 0.1 * (z - z.mean()) / z.std(ddof=1) + t_stat * 0.1 / np.sqrt(n)
+        kl = eps + d if target != "eps" else eps
+        rid = f"m__{target}__s0"
+        pointwise[rid] = {"kl": kl}
+        rows.append(
+            {
+                "run_id": rid,
+                "data.name": "m",
+                "objective.target": target,
+                "train.seed": 0,
+                "status": "finished",
+                "kl": float(kl.mean()),
+                "kl_se": float(kl.std(ddof=1) / np.sqrt(n)),
+                "verdict": "converged",
+            }
+        )
+    spec = ReportSpec(headline=("kl",), se_of={"kl": "kl_se"}, units={"kl": "nats"}, pointwise=pointwise)
+    group = comparison_groups(rows, AXES, spec)[0]
+    comp = compare_group(group, "kl", spec, ["train.seed"])
+    assert comp.best == "eps" and sorted(comp.tied) == ["score", "v"] and not comp.worse
+    assert all(not comp.intervals[a].contains_zero() for a in ("v", "score"))  # unadjusted: both exclude 0
+    assert all(0.025 < comp.intervals[a].p < 0.05 for a in ("v", "score"))
+    text = "\n".join(answer_section(rows, AXES, spec))
+    line = next(ln for ln in text.splitlines() if ln.startswith("- **kl**"))
+    assert "contains 0" not in text
+    assert "Holm-adjusted p ≥ 0.05 for each; ± is the unadjusted 95% interval of the difference" in line

@@ -145,6 +145,7 @@ def coverage_sentence(comps: Mapping[str, GroupComparison | None]) -> str:
             "No metric could be tested (one seed per arm and no per-point values): the values below are "
             "single runs and no difference between them is claimed."
         )
+    alpha = next(iter(done.values())).alpha
     parts = []
     for unit in ("points", "seeds"):
         names = [m for m, c in done.items() if c.unit == unit]
@@ -165,7 +166,9 @@ def coverage_sentence(comps: Mapping[str, GroupComparison | None]) -> str:
     untested = [m for m, c in comps.items() if c is None]
     tail = f"; not tested: {', '.join(untested)}" if untested else ""
     return (
-        "Intervals (95%, Holm-corrected over the group's comparisons with the best): "
+        "Each arm is tested against the best (paired; a tie when the Holm-adjusted p over the group's "
+        f"comparisons is at least {alpha:g}; ± is the unadjusted {1 - alpha:.0%} interval of the "
+        "difference): "
         + "; ".join(parts)
         + tail
         + "."
@@ -188,8 +191,8 @@ def metric_sentence(metric: str, comp: GroupComparison, spec: ReportSpec, group:
             for a in comp.tied
         )
         head = (
-            f"**{metric}**: the best, {best}, is tied with {tied} (the 95% interval of each difference "
-            "contains 0 after Holm)"
+            f"**{metric}**: the best, {best}, is tied with {tied} (Holm-adjusted p ≥ {comp.alpha:g} for "
+            f"each; ± is the unadjusted {1 - comp.alpha:.0%} interval of the difference)"
         )
     head += f"; worse: {', '.join(worse)}" if worse else ""
     left_out = [
@@ -289,7 +292,7 @@ def answer_section(
         f"One table per comparison group ({' × '.join(f'`{k}`' for k in within) or 'the whole study'}). "
         "± is a 95% interval of the arm's own value; **bold**: the best arm, significantly better than "
         "every other arm of its group; ≈: the best and every arm not significantly different from it "
-        "(paired 95% interval of the difference contains 0, Holm-corrected over the group); no mark: "
+        "(paired test of the difference, Holm-adjusted p ≥ 0.05 over the group); no mark: "
         "not testable. Floors, reference rows and constant columns are never best.",
         "",
     ]

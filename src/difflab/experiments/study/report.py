@@ -282,8 +282,8 @@ def _results_section(
         "",
         f"Mean ± sample standard deviation (ddof = 1) over {over}; n = runs per row, `(n=k)` where only k "
         "have a finite value. ↓ lower is better, ↑ higher is better. **Bold**: significantly the best of its "
-        "comparison group; ≈: the best or not significantly different from it (paired 95% interval, "
-        "Holm-corrected; as in the answer above); no mark: not testable (one seed and no per-point values) "
+        "comparison group; ≈: the best or not significantly different from it (paired test, Holm-adjusted "
+        "p ≥ 0.05; as in the answer above); no mark: not testable (one seed and no per-point values) "
         "or never ranked (floors, s.e.s, counts, constant columns"
         + ("" if best_among_extras else ", extra/reference rows")
         + "). Seconds: mean wall time per run.",
