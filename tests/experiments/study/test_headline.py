@@ -253,3 +253,19 @@ def test_a_holm_tie_is_not_called_an_interval_containing_zero():
     line = next(ln for ln in text.splitlines() if ln.startswith("- **kl**"))
     assert "contains 0" not in text
     assert "Holm-adjusted p ≥ 0.05 for each; ± is the unadjusted 95% interval of the difference" in line
+
+
+def test_a_sample_metric_past_its_floor_is_flagged_not_praised():
+    """loss-comparison-2d on mixture8: the arm worst on KL (x0 / weighted) scored kde_kl 0.72 against the
+    true-sample floor 0.809. An arm past the floor is named as such (noise or the measure's bias); arms on the
+    right side of the floor are not."""
+    spec = ReportSpec(headline=HEADLINE, compare_within=("data.name",))
+    plain = "\n".join(answer_section(_seed_rows(), AXES, spec))
+    line = next(ln for ln in plain.splitlines() if "**kde_kl** beside its floor" in ln)
+    assert "past the floor" not in line
+    rows = [{**r, "kde_kl": r["kde_kl"] - 0.3} if r["objective.target"] == "x0" and r["label"] == "" else r
+            for r in _seed_rows()]  # x0: 0.65-0.652 against floors 0.70-0.752
+    text = "\n".join(answer_section(rows, AXES, spec))
+    line = next(ln for ln in text.splitlines() if "**kde_kl** beside its floor" in ln)
+    assert "past the floor: `x0` (0.651)" in line and "`eps` (" not in line.split("past the floor")[1]
+    assert "not a better fit" in line

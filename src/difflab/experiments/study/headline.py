@@ -237,6 +237,14 @@ def sampler_sentence(group: Group, metric: str, spec: ReportSpec, comp: GroupCom
         text += (
             f": the sampler alone accounts for {100 * share:.0f}% of the best arm's distance from the floor"
         )
+    past = [a for a, v in vals.items() if sign * (v - floor) < 0]
+    if past:
+        names = ", ".join(f"`{a}` ({_fmt(vals[a])})" for a in past)
+        text += (
+            f"; past the floor: {names}, better than true samples, which no model can be: evaluation noise "
+            "or a bias of the measure (a KDE measure rewards samples more concentrated than the data), not "
+            "a better fit"
+        )
     return text + "."
 
 
