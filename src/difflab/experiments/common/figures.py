@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -257,19 +258,32 @@ def plot_learning_curves(
     levels: Mapping[str, float] | None = None,
     *,
     title: str | None = None,
+    groupby: Callable[[str], str] | None = None,
 ) -> Path:
     """A metric against training step (log scale) and against training seconds, one line per run with its
     +-1 s.e. band, and horizontal reference lines (e.g. the oracle's value and the true-sample floor).
 
-    ``curves[label]`` holds equal-length ``step``, ``seconds``, ``value`` and optionally ``se``."""
+    ``curves[label]`` holds equal-length ``step``, ``seconds``, ``value`` and optionally ``se``. With
+    ``groupby`` (run label -> arm name, e.g. dropping the seed) the runs of one arm share a colour and one
+    legend entry, so a study of 12 arms x 3 seeds shows 12 entries, not 36."""
+    group_of = {label: groupby(label) if groupby else label for label in curves}
+    groups = list(dict.fromkeys(group_of.values()))
+    cmap = matplotlib.colormaps["tab20" if len(groups) > 10 else "tab10"]
+    colour = {g: cmap(i % cmap.N) for i, g in enumerate(groups)}
     fig, axes = _figure(ncols=2, panel=(5.0, 3.6))
     for ax, xkey, xlabel in ((axes[0, 0], "step", "training step"), (axes[0, 1], "seconds", "train seconds")):
+        seen: set[str] = set()
         for label, c in curves.items():
+            group = group_of[label]
             x, y = np.asarray(c[xkey], dtype=float), np.asarray(c["value"], dtype=float)
-            (line,) = ax.plot(x, y, marker="o", ms=2.5, lw=1.2, label=label)
+            ax.plot(
+                x, y, marker="o", ms=2.5, lw=1.2, color=colour[group], label=None if group in seen else group
+            )
+            seen.add(group)
             if c.get("se") is not None:
                 se = np.asarray(c["se"], dtype=float)
-                ax.fill_between(x, y - se, y + se, color=line.get_color(), alpha=0.15, lw=0)
+                band = 0.08 if groupby else 0.15
+                ax.fill_between(x, y - se, y + se, color=colour[group], alpha=band, lw=0)
         for i, (name, value) in enumerate((levels or {}).items()):
             if math.isfinite(value):
                 ax.axhline(value, color="k", ls=("--", ":", "-.")[i % 3], lw=1.0, label=name)

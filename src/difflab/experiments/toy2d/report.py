@@ -14,6 +14,7 @@ import numpy as np
 
 from difflab.experiments.common import figures as plots
 from difflab.experiments.common.rundir import read_json, run_dirs
+from difflab.experiments.study.plan import is_seed_key
 from difflab.experiments.study.report import ReportSpec, metric_names
 from difflab.experiments.toy2d.config import ConfigError, config_to_dict, parse_config
 from difflab.experiments.toy2d.evaluate import POINTWISE_PREFIX
@@ -228,6 +229,7 @@ def _curve_figures(data_name: str, runs: list[dict[str, Any]], fig_dir: Path) ->
     and the curve's sample distance (sw2) with its true-sample floor."""
     by_metric: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(dict)
     levels: dict[str, dict[str, float]] = defaultdict(dict)
+    arm_of: dict[str, str] = {}  # run label -> arm (the label without its seed): one colour per arm
     for run in runs:
         row = run["row"]
         curve = read_json(os.path.join(run["dir"], "curves.json"))
@@ -236,6 +238,8 @@ def _curve_figures(data_name: str, runs: list[dict[str, Any]], fig_dir: Path) ->
                 levels["kl"][f"oracle ({row['run_id']})"] = row["kl"]
             continue
         label = row["run_id"].replace(f"{data_name}__", "")
+        seeds = {f"s{row[k]}" for k in row if is_seed_key(k) and row[k] is not None}
+        arm_of[label] = "__".join(part for part in label.split("__") if part not in seeds) or label
         metric = curve.get("verdict_metric", "kl")
         for name in (metric, "sw2"):
             pts = [p for p in curve["points"] if name in p["metrics"]]
@@ -247,11 +251,17 @@ def _curve_figures(data_name: str, runs: list[dict[str, Any]], fig_dir: Path) ->
             }
             if name == "sw2" and pts:
                 levels["sw2"]["true-sample floor"] = pts[-1]["metrics"]["sw2_floor"]
+
+    def _arm(label: str) -> str:
+        return arm_of.get(label, label)
+
     figures = []
     for name, curves in by_metric.items():
         path = fig_dir / f"curve_{name}_{data_name}.png"
         title = f"{data_name}: {name} during training (EMA weights, fixed held-out points)"
-        figures.append(str(plots.plot_learning_curves(curves, path, name, levels.get(name), title=title)))
+        figures.append(
+            str(plots.plot_learning_curves(curves, path, name, levels.get(name), title=title, groupby=_arm))
+        )
     return figures
 
 
