@@ -269,3 +269,8 @@ def test_a_sample_metric_past_its_floor_is_flagged_not_praised():
     line = next(ln for ln in text.splitlines() if "**kde_kl** beside its floor" in ln)
     assert "past the floor: `x0` (0.651)" in line and "`eps` (" not in line.split("past the floor")[1]
     assert "not a better fit" in line
+    # most arms past the floor (swiss_roll's mmd2, every arm within noise of it): said once, not listed
+    rows = [{**r, "kde_kl": r["kde_kl"] - 0.3} if r["label"] == "" else r for r in _seed_rows()]
+    text = "\n".join(answer_section(rows, AXES, spec))
+    line = next(ln for ln in text.splitlines() if "**kde_kl** beside its floor" in ln)
+    assert "2 of 2 arms are past the floor" in line and "past the floor: `" not in line

@@ -168,10 +168,7 @@ def coverage_sentence(comps: Mapping[str, GroupComparison | None]) -> str:
     return (
         "Each arm is tested against the best (paired; a tie when the Holm-adjusted p over the group's "
         f"comparisons is at least {alpha:g}; ± is the unadjusted {1 - alpha:.0%} interval of the "
-        "difference): "
-        + "; ".join(parts)
-        + tail
-        + "."
+        "difference): " + "; ".join(parts) + tail + "."
     )
 
 
@@ -238,13 +235,21 @@ def sampler_sentence(group: Group, metric: str, spec: ReportSpec, comp: GroupCom
             f": the sampler alone accounts for {100 * share:.0f}% of the best arm's distance from the floor"
         )
     past = [a for a, v in vals.items() if sign * (v - floor) < 0]
-    if past:
-        names = ", ".join(f"`{a}` ({_fmt(vals[a])})" for a in past)
+    if 2 * len(past) > len(vals):
         text += (
-            f"; past the floor: {names}, better than true samples, which no model can be: evaluation noise "
-            "or a bias of the measure (a KDE measure rewards samples more concentrated than the data), not "
-            "a better fit"
+            f"; {len(past)} of {len(vals)} arms are past the floor: at this sample size the measure does not "
+            "separate them from true samples"
         )
+    elif past:
+        names = ", ".join(f"`{a}` ({_fmt(vals[a])})" for a in past)
+        why = (
+            "evaluation noise or a bias of the measure (a KDE measure rewards samples more concentrated "
+            "than the data)"
+            if "kde" in metric
+            else "evaluation noise or a bias of the measure"
+        )
+        text += f"; past the floor: {names}, better than true samples, which no model can be: {why}"
+        text += ", not a better fit"
     return text + "."
 
 
