@@ -279,6 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _silence_stdout() -> None:
+    """Point stdout at os.devnull, so that the interpreter's final flush of a closed pipe raises nothing
+    (the recipe of Python's documentation, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (e.g. a captured stream)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from difflab.experiments.common.configs import ConfigError
     from difflab.experiments.common.overrides import OverrideError
@@ -294,6 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except user_errors as err:
         print(f"difflab: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader closed stdout (`difflab study --dry-run | head`): end quietly
+        _silence_stdout()
+        return 1
     except OSError as err:  # disk full, permissions, unreadable data: the file and what to do
         where = f" {err.filename}" if err.filename else ""
         print(f"difflab: error: cannot access{where}: {err.strerror or err}", file=sys.stderr)

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -134,3 +136,19 @@ def test_unknown_kind_is_a_clear_error(tmp_path, capsys):
     assert main(["study", str(study), "--out", str(tmp_path / "out")]) == 2
     assert "unknown study kind 'audio'; valid study kinds: images, samplers, toy2d" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_closed_stdout_pipe_ends_quietly():
+    """`difflab study loss-comparison-2d --dry-run | head -1`: the reader closes the pipe; no error message,
+    no traceback, exit 1 (Python's convention for EPIPE), instead of "cannot access: Broken pipe" (exit 2)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "difflab.cli", "study", "loss-comparison-2d", "--dry-run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # before the child has written anything: every write meets a closed pipe
+    stderr = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    proc.stderr.close()
+    assert proc.returncode == 1, stderr
+    assert "error" not in stderr and "Traceback" not in stderr and "Exception ignored" not in stderr
