@@ -104,22 +104,26 @@ def _point_rows(tmp_path) -> tuple[list[dict], dict]:
     rows, pointwise = [], {}
     for target, shift in shifts.items():
         kl = base + shift + 0.05 * rng.normal(size=500)
-        rid = f"m__{target}__s0"
-        pointwise[rid] = {"kl": kl}
         verdict = "still improving" if target == "x0" else "converged"
-        rows.append(
-            {
-                "run_id": rid,
-                "data.name": "m",
-                "objective.target": target,
-                "train.seed": 0,
-                "status": "finished",
-                "kl": float(kl.mean()),
-                "kl_se": float(kl.std(ddof=1) / np.sqrt(500)),
-                "verdict": verdict,
-            }
-        )
+        rows.append(_one_seed_row(target, kl, verdict, pointwise))
     return rows, pointwise
+
+
+def _one_seed_row(target: str, kl: np.ndarray, verdict: str, pointwise: dict) -> dict:
+    """The result row of a one-seed run of ``target`` on set "m" with per-point KL values ``kl`` (recorded in
+    ``pointwise`` under its run id)."""
+    rid = f"m__{target}__s0"
+    pointwise[rid] = {"kl": kl}
+    return {
+        "run_id": rid,
+        "data.name": "m",
+        "objective.target": target,
+        "train.seed": 0,
+        "status": "finished",
+        "kl": float(kl.mean()),
+        "kl_se": float(kl.std(ddof=1) / np.sqrt(kl.size)),
+        "verdict": verdict,
+    }
 
 
 def test_conclusions_state_ties_and_differences(tmp_path):
@@ -229,20 +233,7 @@ def test_a_holm_tie_is_not_called_an_interval_containing_zero():
         z = rng.normal(size=n)
         d = 0.1 * (z - z.mean()) / z.std(ddof=1) + t_stat * 0.1 / np.sqrt(n)
         kl = eps + d if target != "eps" else eps
-        rid = f"m__{target}__s0"
-        pointwise[rid] = {"kl": kl}
-        rows.append(
-            {
-                "run_id": rid,
-                "data.name": "m",
-                "objective.target": target,
-                "train.seed": 0,
-                "status": "finished",
-                "kl": float(kl.mean()),
-                "kl_se": float(kl.std(ddof=1) / np.sqrt(n)),
-                "verdict": "converged",
-            }
-        )
+        rows.append(_one_seed_row(target, kl, "converged", pointwise))
     spec = ReportSpec(headline=("kl",), se_of={"kl": "kl_se"}, units={"kl": "nats"}, pointwise=pointwise)
     group = comparison_groups(rows, AXES, spec)[0]
     comp = compare_group(group, "kl", spec, ["train.seed"])
@@ -263,8 +254,10 @@ def test_a_sample_metric_past_its_floor_is_flagged_not_praised():
     plain = "\n".join(answer_section(_seed_rows(), AXES, spec))
     line = next(ln for ln in plain.splitlines() if "**kde_kl** beside its floor" in ln)
     assert "past the floor" not in line
-    rows = [{**r, "kde_kl": r["kde_kl"] - 0.3} if r["objective.target"] == "x0" and r["label"] == "" else r
-            for r in _seed_rows()]  # x0: 0.65-0.652 against floors 0.70-0.752
+    rows = [
+        {**r, "kde_kl": r["kde_kl"] - 0.3} if r["objective.target"] == "x0" and r["label"] == "" else r
+        for r in _seed_rows()
+    ]  # x0: 0.65-0.652 against floors 0.70-0.752
     text = "\n".join(answer_section(rows, AXES, spec))
     line = next(ln for ln in text.splitlines() if "**kde_kl** beside its floor" in ln)
     assert "past the floor: `x0` (0.651)" in line and "`eps` (" not in line.split("past the floor")[1]

@@ -30,7 +30,7 @@ from difflab.experiments.study.compare import (
 from difflab.experiments.study.convergence import arm_verdict
 from difflab.experiments.study.plan import is_seed_key
 from difflab.experiments.study.reportspec import ReportSpec
-from difflab.experiments.study.stats import GroupComparison
+from difflab.experiments.study.stats import LEVEL, GroupComparison
 
 DASH = "—"
 VERDICT_KEY = "verdict"
@@ -305,7 +305,7 @@ def answer_section(
         f"One table per comparison group ({' × '.join(f'`{k}`' for k in within) or 'the whole study'}). "
         "± is a 95% interval of the arm's own value; **bold**: the best arm, significantly better than "
         "every other arm of its group; ≈: the best and every arm not significantly different from it "
-        "(paired test of the difference, Holm-adjusted p ≥ 0.05 over the group); no mark: "
+        f"(paired test of the difference, Holm-adjusted p ≥ {1 - LEVEL:g} over the group); no mark: "
         "not testable. Floors, reference rows and constant columns are never best.",
         "",
     ]

@@ -27,6 +27,7 @@ from difflab.experiments.study.compare import MARK_BEST, identity, table_keys, t
 from difflab.experiments.study.headline import answer_section
 from difflab.experiments.study.plan import is_seed_key
 from difflab.experiments.study.reportspec import NON_METRIC_KEYS, ReportSpec, metric_names
+from difflab.experiments.study.stats import LEVEL
 
 __all__ = ["NON_METRIC_KEYS", "ReportSpec", "finish_study", "format_table", "metric_names", "summarise"]
 
@@ -283,8 +284,8 @@ def _results_section(
         f"Mean ± sample standard deviation (ddof = 1) over {over}; n = runs per row, `(n=k)` where only k "
         "have a finite value. ↓ lower is better, ↑ higher is better. **Bold**: significantly the best of its "
         "comparison group; ≈: the best or not significantly different from it (paired test, Holm-adjusted "
-        "p ≥ 0.05; as in the answer above); no mark: not testable (one seed and no per-point values) "
-        "or never ranked (floors, s.e.s, counts, constant columns"
+        f"p ≥ {1 - LEVEL:g}; as in the answer above); no mark: not testable (one seed and no per-point "
+        "values) or never ranked (floors, s.e.s, counts, constant columns"
         + ("" if best_among_extras else ", extra/reference rows")
         + "). Seconds: mean wall time per run.",
         "",
