@@ -131,6 +131,11 @@ def _study_outcome(result, out: str, command: str) -> int:
                 " run from the study",
                 file=sys.stderr,
             )
+    for run_id, source in result.copied.items():
+        print(
+            f"difflab: run {run_id} computes what {source} computes (the same loss on the same target, data"
+            " and seeds): its result was copied, not retrained"
+        )
     for run_id, owner in result.busy.items():
         print(f"difflab: run {run_id} is being run by {owner}; its result appears when it ends")
     if result.missing:
@@ -147,7 +152,7 @@ def _study_outcome(result, out: str, command: str) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     from difflab.experiments.common.rundir import check_writable
-    from difflab.experiments.kind import get_kind, run_by_kind, validate_by_kind
+    from difflab.experiments.kind import get_kind, run_by_kind, same_run_key_by_kind, validate_by_kind
     from difflab.experiments.study.engine import run_study
     from difflab.experiments.study.report import finish_study
     from difflab.experiments.study.spec import apply_overrides, list_builtin_studies, load_study, safe_run_id
@@ -172,6 +177,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         executor=options,
         shard=_shard(args.shard),
         gather=args.gather,
+        same_run_key=functools.partial(same_run_key_by_kind, study.kind),
     )
     if args.dry_run:
         return 0

@@ -38,9 +38,23 @@ def run_by_kind(kind: str, config: dict, run_dir: str) -> dict[str, Any]:
     return get_kind(kind).run(config, run_dir)
 
 
+def same_run_key_by_kind(kind: str, config: dict) -> str | None:
+    """The study engine's ``same_run_key`` for ``kind`` (:meth:`RunKind.same_run_key`)."""
+    return get_kind(kind).same_run_key(config)
+
+
 def validate_by_kind(kind: str, config: dict) -> Any:
     """The study engine's ``validate_fn`` for ``kind``."""
     return get_kind(kind).parse(config)
 
 
-__all__ = ["KINDS", "RunKind", "SampleRequest", "get_kind", "kind_names", "run_by_kind", "validate_by_kind"]
+__all__ = [
+    "KINDS",
+    "RunKind",
+    "SampleRequest",
+    "get_kind",
+    "kind_names",
+    "run_by_kind",
+    "same_run_key_by_kind",
+    "validate_by_kind",
+]

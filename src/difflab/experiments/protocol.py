@@ -38,6 +38,10 @@ class RunKind(Protocol):
     def to_dict(self, config: Any) -> dict[str, Any]:
         """JSON-ready dict with ``parse(to_dict(c)) == c``."""
 
+    def same_run_key(self, raw: Mapping[str, Any]) -> str | None:
+        """A key equal for two configs that compute the same run bit for bit (the study engine trains one
+        and copies its result to the other); None when the kind cannot tell."""
+
     def run(self, raw: dict[str, Any], run_dir: str, progress: bool = False) -> dict[str, Any]:
         """Train (resuming from the run directory) and evaluate one run; metrics with a "status"."""
 

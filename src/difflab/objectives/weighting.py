@@ -16,6 +16,7 @@ Every weighting here is a constructor in :data:`WEIGHTINGS`; its docstring gives
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ WeightFn = Callable[[Coefficients, Process], Tensor]
 """w_N(c, process) -> float64 tensor of c.t's shape (the process is needed only by chain weightings)."""
 
 _GRID_TOL = 1e-6
+FINGERPRINT_POINTS = 4097
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,22 @@ class Weighting:
         if self.native is None or self.native is target:
             return w
         return w * error_scale(self.native, c) / error_scale(target, c)
+
+    def fingerprint(self, target: Target | str, process: Process, points: int = FINGERPRINT_POINTS) -> str:
+        """SHA-256 of w_X(t) in float64 for the trained target X at the times a trainer can draw: the chain's
+        grid t_i = i/T on a :class:`DiscreteChain`, else ``points`` equally spaced t in [t_min, t_max].
+
+        Two weightings with one fingerprint on one target and process give the same loss to every prediction
+        at those times, bit for bit (seed 000's "weighted" and "rescaled" on x0, or "weighted" and
+        "eps_simple" on eps): trained alike, they are one run. Only equality on the points is checked."""
+        if isinstance(process, DiscreteChain):
+            t = process.grid[1:].to(torch.float64)
+        else:
+            t = torch.linspace(process.t_min, process.t_max, int(points), dtype=torch.float64)
+        w = self.weight(target, process.coefficients(t), process)
+        digest = hashlib.sha256(parse_target(target).value.encode())
+        digest.update(w.contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     def eps_weight(self, c: Coefficients, process: Process, target: Target | str = Target.EPS) -> Tensor:
         """The equivalent eps-space weight w_eps = w_X m_X (for ``native=None``, of the given target X)."""

@@ -309,3 +309,25 @@ def check_process_range(process: Any, key: str = "process.options") -> None:
                 f"{key}: {process!r} is unusable: {name} = {float(v[i]):.4g} at t = {float(t[i]):.4g} "
                 f"(finite log-SNR over [t_min, t_max]: {span}); choose milder options"
             )
+
+
+def same_objective_key(resolved: Mapping[str, Any], process: Any, objective: Any) -> str:
+    """The key of what a resolved run config computes, with its weighting read as a function.
+
+    The config without its ``label``, and with ``objective.weighting`` replaced by
+    :meth:`~difflab.objectives.weighting.Weighting.fingerprint` of the objective's weighting on its target:
+    runs with one key differ only in the name of a weighting that gives the same loss at every time the
+    trainer draws (seed 000's "weighted" and "rescaled" on x0), so they train and evaluate bit for bit alike
+    and a study runs one of them (:func:`difflab.experiments.study.engine.run_study`)."""
+    import copy
+    import hashlib
+    import json
+
+    identity = copy.deepcopy(dict(resolved))
+    identity.pop("label", None)
+    identity["objective"] = {
+        **identity["objective"],
+        "weighting": objective.weighting.fingerprint(objective.target, process),
+    }
+    text = json.dumps(identity, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()

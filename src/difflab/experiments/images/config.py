@@ -250,3 +250,17 @@ def validate_image_config(data: dict | ImageRunConfig) -> ImageRunConfig:
     _check_ranges(config)
     _check_cross_fields(config, process)
     return config
+
+
+def same_run_key(raw: dict) -> str | None:
+    """The key of what the image run computes
+    (:func:`~difflab.experiments.common.configs.same_objective_key`)."""
+    from difflab.experiments.common.configs import same_objective_key
+    from difflab.objectives import build_objective
+    from difflab.processes import build_process
+
+    config = validate_image_config(dict(raw))
+    process = build_process(config.process.name, **config.process.options)
+    obj = config.objective
+    objective = build_objective(process, obj.target, obj.weighting, obj.time_dist, obj.norm, **obj.options)
+    return same_objective_key(image_config_to_dict(config), process, objective)

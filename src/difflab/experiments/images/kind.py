@@ -21,6 +21,9 @@ class ImagesKind:
     def to_dict(self, cfg: Any) -> dict[str, Any]:
         return config.image_config_to_dict(cfg)
 
+    def same_run_key(self, raw: Mapping[str, Any]) -> str | None:
+        return config.same_run_key(dict(raw))
+
     def run(self, raw: dict[str, Any], run_dir: str, progress: bool = False) -> dict[str, Any]:
         return run.run_image_experiment(raw, run_dir, progress=progress)
 

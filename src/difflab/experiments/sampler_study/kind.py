@@ -21,6 +21,9 @@ class SamplersKind:
     def to_dict(self, cfg: Any) -> dict[str, Any]:
         return config.sampler_config_to_dict(cfg)
 
+    def same_run_key(self, raw: Mapping[str, Any]) -> str | None:
+        return None  # each run samples its own settings; none coincide by construction
+
     def run(self, raw: dict[str, Any], run_dir: str, progress: bool = False) -> dict[str, Any]:
         return run.run_sampler_experiment(raw, run_dir, progress=progress)
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import os
 import signal
@@ -60,10 +61,11 @@ from difflab.experiments.study.results import (
     result_columns,
 )
 from difflab.experiments.study.spec import RunSpec, Study, expand
-from difflab.experiments.study.worker import CLAIMED, execute_run, set_threads
+from difflab.experiments.study.worker import CLAIMED, copy_run, execute_run, set_threads
 
 RunFn = Callable[[dict, str], Mapping[str, Any]]
 ValidateFn = Callable[[dict], Any]
+SameRunKeyFn = Callable[[dict], "str | None"]
 
 
 def _check_output_dir(out_dir: Path, create: bool) -> None:
@@ -105,13 +107,16 @@ def _validate_all(specs: Sequence[RunSpec], validate_fn: ValidateFn) -> None:
             raise wrapped from err
 
 
-def _print_plan(study: Study, specs: Sequence[RunSpec]) -> None:
+def _print_plan(study: Study, specs: Sequence[RunSpec], copies: Mapping[str, RunSpec]) -> None:
     keys = study.axes_keys
     width = max([len(s.run_id) for s in specs] + [6])
-    print(f"study {study.name!r}: {len(specs)} runs")
+    mine = [s for s in specs if s.run_id in copies]
+    trained = f" ({len(specs) - len(mine)} trained, {len(mine)} copied from a run that computes the same)"
+    print(f"study {study.name!r}: {len(specs)} runs{trained if mine else ''}")
     for spec in specs:
         values = ", ".join(f"{k}={spec.axes[k]!r}" for k in keys if k in spec.axes)
-        print(f"  {spec.run_id:<{width}}  {values}")
+        same = f"  (copy of {copies[spec.run_id].run_id})" if spec.run_id in copies else ""
+        print(f"  {spec.run_id:<{width}}  {values}{same}")
 
 
 def shard_of(specs: Sequence[RunSpec], index: int, count: int) -> list[RunSpec]:
@@ -166,6 +171,7 @@ def run_study(
     executor: ExecutorOptions | None = None,
     shard: tuple[int, int] | None = None,
     gather: bool = False,
+    same_run_key: SameRunKeyFn | None = None,
 ) -> StudyResult:
     """Validate every run, then run the ones not yet done (claiming each), and write the results tables.
 
@@ -185,6 +191,10 @@ def run_study(
         executor: where runs execute (:class:`ExecutorOptions`; default: local processes).
         shard: ``(I, N)``: run only the I-th of N slices (:func:`shard_of`); tables still cover every run.
         gather: run nothing; write the tables from what is finished.
+        same_run_key: ``same_run_key(config)``, equal for configs that compute the same run bit for bit (None:
+            unknown); of each such group only the first run in study order trains, the others receive a copy
+            of its result once it is done (:func:`find_copies`, ``copy_of`` in their result.json), or train
+            themselves if it is not (another shard still running it, or it failed).
 
     Returns:
         StudyResult: one row per run, and which runs ran, were skipped, failed, are held by other workers or
@@ -194,8 +204,9 @@ def run_study(
     specs = expand(study, label_key=label_key)
     _validate_all(specs, validate_fn)
     out = Path(out_dir)
+    copies = find_copies(specs, same_run_key) if same_run_key is not None else {}
     if dry_run:
-        return _dry_run(study, shard_of(specs, *shard) if shard else specs, out)
+        return _dry_run(study, shard_of(specs, *shard) if shard else specs, out, copies)
     options = copy.copy(executor) if executor is not None else ExecutorOptions()
     options.workers = workers if workers is not None else options.workers
     if options.workers is not None and options.workers < 1:
@@ -208,14 +219,62 @@ def run_study(
     pending, skipped = plan_pending(mine, runs_dir)
     _check_output_dir(out, create=True)
     write_json_atomic(out / "study.json", identity)
-    bar = progress and (study.name, len(mine), len(skipped))
-    records = {} if gather else execute(pending, run_fn, runs_dir, options, bar)
+    records: dict[str, dict[str, Any]] = {}
+    if not gather:
+        trained = [s for s in pending if s.run_id not in copies]
+        bar = progress and (study.name, len(mine) - (len(pending) - len(trained)), len(skipped))
+        records = execute(trained, run_fn, runs_dir, options, bar)
+        waiting = [s for s in pending if s.run_id in copies]
+        records.update(execute_copies(waiting, copies, run_fn, runs_dir, options))
     rows = write_tables(study, specs, out)
-    return _summarise(rows, out, study, records, skipped, gather)
+    result = _summarise(rows, out, study, records, skipped, gather)
+    copied = {r: copies[r].run_id for r, rec in records.items() if rec.get("copy_of")}
+    return dataclasses.replace(result, copied=copied)
 
 
-def _dry_run(study: Study, chosen: Sequence[RunSpec], out: Path) -> StudyResult:
-    _print_plan(study, chosen)
+def find_copies(specs: Sequence[RunSpec], same_run_key: SameRunKeyFn) -> dict[str, RunSpec]:
+    """Run id -> the first spec in study order with the same ``same_run_key`` (runs with key None are
+    never copies). Seed 000's grid trains x0 under "weighted" and "rescaled", one objective twice."""
+    first: dict[str, RunSpec] = {}
+    copies: dict[str, RunSpec] = {}
+    for spec in specs:
+        key = same_run_key(copy.deepcopy(spec.config))
+        if key is None:
+            continue
+        if key in first:
+            copies[spec.run_id] = first[key]
+        else:
+            first[key] = spec
+    return copies
+
+
+def execute_copies(
+    waiting: Sequence[RunSpec],
+    copies: Mapping[str, RunSpec],
+    run_fn: RunFn,
+    runs_dir: Path,
+    options: ExecutorOptions,
+) -> dict[str, dict[str, Any]]:
+    """Copy to each waiting run the result of its source (:func:`~.worker.copy_run`) when that is done;
+    run the others (source failed, or held by another worker that has not finished it)."""
+    records: dict[str, dict[str, Any]] = {}
+    to_run = []
+    for spec in waiting:
+        source = read_record(runs_dir / copies[spec.run_id].run_id)
+        if source is not None and source.get("status") in DONE_STATUSES:
+            record = copy_run(spec, copies[spec.run_id], str(runs_dir))
+            if record is not None:
+                records[spec.run_id] = record
+        else:
+            to_run.append(spec)
+    records.update(execute(to_run, run_fn, runs_dir, options))
+    return records
+
+
+def _dry_run(
+    study: Study, chosen: Sequence[RunSpec], out: Path, copies: Mapping[str, RunSpec]
+) -> StudyResult:
+    _print_plan(study, chosen, copies)
     rows = [{"run_id": s.run_id, **s.axes, "status": "planned"} for s in chosen]
     return StudyResult(rows, os.fspath(out), study.axes_keys, [], [])
 

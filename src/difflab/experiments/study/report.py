@@ -343,6 +343,20 @@ def write_report(
     return path
 
 
+def copy_note(rows: Sequence[Mapping[str, Any]], shown: int = 6) -> list[str]:
+    """The report's note on runs that hold a copy of another run's result (``copy_of``), if any."""
+    pairs = [(str(r["run_id"]), str(r["copy_of"])) for r in rows if r.get("copy_of")]
+    if not pairs:
+        return []
+    listed = ", ".join(f"{a} = {b}" for a, b in pairs[:shown]) + (", …" if len(pairs) > shown else "")
+    were = "run was" if len(pairs) == 1 else "runs were"
+    return [
+        f"{len(pairs)} {were} not trained: each computes exactly what an earlier run computes (the same loss"
+        " at every training time, on the same target, data, seeds and settings), so it holds a copy of that"
+        f" run's result and ties with it exactly: {listed}."
+    ]
+
+
 def finish_study(
     study: Any,
     rows: Sequence[Mapping[str, Any]],
@@ -363,7 +377,7 @@ def finish_study(
         title=study.name,
         description=study.description,
         settings=study.fixed,
-        notes=spec.notes,
+        notes=[*spec.notes, *copy_note(rows)],
         metrics=spec.columns(rows, axes_keys),
         figures=rel,
         best_among_extras=spec.best_among_extras,

@@ -21,7 +21,8 @@ class StudyResult:
 
     ``ran``: runs this call attempted; ``skipped``: already done; ``failed``: run id -> result.json of each
     run this call attempted that neither finished nor diverged; ``busy``: run id -> owner of the runs another
-    live worker holds; ``missing``: runs with no result yet that this call did not attempt (other shards)."""
+    live worker holds; ``missing``: runs with no result yet that this call did not attempt (other shards);
+    ``copied``: run id -> the run whose result this call copied to it (the same computation)."""
 
     rows: list[dict[str, Any]]
     out_dir: str
@@ -31,6 +32,7 @@ class StudyResult:
     failed: dict[str, dict[str, Any]] = field(default_factory=dict)
     busy: dict[str, str] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    copied: dict[str, str] = field(default_factory=dict)
 
 
 def read_record(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -59,13 +61,17 @@ def gather_rows(study: Study, specs: Sequence[RunSpec], runs_dir: str | os.PathL
         row["steps"] = record.get("steps")
         if record.get("error"):
             row["error"] = record["error"]
+        if record.get("copy_of"):
+            row["copy_of"] = record["copy_of"]
         rows.append(row)
     return rows
 
 
 def result_columns(rows: Sequence[Mapping[str, Any]], axes_keys: Sequence[str]) -> list[str]:
-    """CSV columns: run_id, [label], axes, status, metrics (sorted union), seconds, steps, [error]."""
+    """CSV columns: run_id, [label], axes, status, metrics (sorted union), seconds, steps, [copy_of],
+    [error]."""
     head = ["run_id"] + (["label"] if any("label" in r for r in rows) else []) + list(axes_keys) + ["status"]
     tail = ["seconds", "steps"]
-    metrics = sorted({k for r in rows for k in r if k not in head and k not in tail and k != "error"})
-    return head + metrics + tail + (["error"] if any("error" in r for r in rows) else [])
+    extra = [k for k in ("copy_of", "error") if any(k in r for r in rows)]
+    metrics = sorted({k for r in rows for k in r if k not in head and k not in tail and k not in extra})
+    return head + metrics + tail + extra

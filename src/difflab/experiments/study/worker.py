@@ -9,9 +9,11 @@ one ``end`` line per attempt, so that exactly-once execution can be counted from
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as _dt
 import os
+import shutil
 import socket
 import sys
 import threading
@@ -30,6 +32,11 @@ from difflab.experiments.study.spec import RunSpec
 RunFn = Callable[[dict, str], Mapping[str, Any]]
 CLAIMED = "claimed"  # status of a run that a live worker elsewhere holds (not written to result.json)
 ALREADY_DONE = "already-done"  # finished (by another worker, or before a requeue) since planning
+
+#: files of a run directory that belong to the run itself rather than to what it computed (not copied)
+OWN_FILES = frozenset(
+    {"claim.json", "claim.json.takeover", "run.log", "result.json", "config.json", "checkpoint.pt"}
+)
 
 _STOP_EVENT: Any = None  # set in local pool workers by init_local_worker
 
@@ -159,6 +166,44 @@ def execute_run(run_fn: RunFn, spec: RunSpec, runs_dir: str) -> dict[str, Any] |
             record = error_record(spec, err, time.perf_counter() - start, previous)
         write_json_atomic(run_dir / "result.json", record)
         _log(run_dir, f"end status={record['status']} seconds={record['seconds']}")
+        return record
+    finally:
+        claim.release()
+
+
+def copy_run(spec: RunSpec, source: RunSpec, runs_dir: str) -> dict[str, Any] | None:
+    """Give ``spec`` the result of ``source``, a finished run that computes the same thing (the run kind's
+    ``same_run_key``), instead of training it: every output of the source but its checkpoint (which records
+    the source's config; it stays in the source's directory) is copied, and result.json is the source's with
+    this run's id, config hash and ``copy_of``. Claimed like a run (CLAIMED / ALREADY_DONE as in
+    :func:`execute_run`); a checkpoint left by an earlier partial attempt of this run is removed, so the
+    directory holds one computation. result.json is written last: an interrupted copy is not a result."""
+    if _STOP_EVENT is not None and _STOP_EVENT.is_set():
+        return None
+    run_dir, source_dir = Path(runs_dir) / spec.run_id, Path(runs_dir) / source.run_id
+    claim = try_claim(run_dir)
+    if claim is None:
+        return {"run_id": spec.run_id, "status": CLAIMED, "owner": describe(read_claim(run_dir))}
+    try:
+        previous = read_record(run_dir)
+        if previous is not None and previous.get("status") in DONE_STATUSES:
+            return {"run_id": spec.run_id, "status": ALREADY_DONE}
+        source_record = read_record(source_dir)
+        if source_record is None or source_record.get("status") not in DONE_STATUSES:
+            raise ValueError(f"{source_dir} has no finished result to copy")
+        for item in sorted(source_dir.iterdir()):
+            if item.name in OWN_FILES:
+                continue
+            if item.is_dir():
+                shutil.copytree(item, run_dir / item.name, dirs_exist_ok=True)
+            else:
+                shutil.copy2(item, run_dir / item.name)
+        with contextlib.suppress(FileNotFoundError):
+            (run_dir / "checkpoint.pt").unlink()
+        write_json_atomic(run_dir / "config.json", spec.config)
+        record = {**source_record, **_base(spec), "copy_of": source.run_id}
+        write_json_atomic(run_dir / "result.json", record)
+        _log(run_dir, f"copied from {source.run_id} (the same computation); its checkpoint stays there")
         return record
     finally:
         claim.release()

@@ -22,6 +22,9 @@ class Toy2DKind:
     def to_dict(self, config: Any) -> dict[str, Any]:
         return to_dict(config)
 
+    def same_run_key(self, raw: Mapping[str, Any]) -> str | None:
+        return run.same_run_key(dict(raw))
+
     def run(self, raw: dict[str, Any], run_dir: str, progress: bool = False) -> dict[str, Any]:
         return run.run_experiment(raw, run_dir, progress=progress)
 

@@ -24,7 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from difflab.experiments.common.configs import ConfigError, check_device_available, check_process_range
+from difflab.experiments.common.configs import (
+    ConfigError,
+    check_device_available,
+    check_process_range,
+    same_objective_key,
+)
 from difflab.experiments.common.rundir import (
     RunDirError,
     check_reuse,
@@ -35,7 +40,13 @@ from difflab.experiments.common.rundir import (
 )
 from difflab.experiments.study.convergence import next_budget, run_verdict
 from difflab.experiments.toy2d.baselines import check_baseline_config, run_baseline
-from difflab.experiments.toy2d.build import DIFFUSION_MODELS, RunParts, build_run_parts, check_names
+from difflab.experiments.toy2d.build import (
+    DIFFUSION_MODELS,
+    RunParts,
+    build_process_objective,
+    build_run_parts,
+    check_names,
+)
 from difflab.experiments.toy2d.config import RunConfig, config_to_dict, parse_config, total_steps
 from difflab.experiments.toy2d.curves import curve_evaluator, curve_metric
 from difflab.experiments.toy2d.evaluate import NoGradDenoiser, draw_samples, evaluate_run
@@ -59,6 +70,16 @@ def validate_config(data: dict | RunConfig) -> RunConfig:
     _check_cross_fields(config)
     _check_curve_config(config)
     return config
+
+
+def same_run_key(raw: dict) -> str | None:
+    """The key of what the run computes (:func:`~difflab.experiments.common.configs.same_objective_key`);
+    None for the oracle and the baselines (they have no weighting to compare)."""
+    config = validate_config(dict(raw))
+    if config.model.name != "mlp":
+        return None
+    process, objective = build_process_objective(config)
+    return same_objective_key(config_to_dict(config), process, objective)
 
 
 def _check_cross_fields(config: RunConfig) -> None:
