@@ -267,3 +267,35 @@ def test_a_sample_metric_past_its_floor_is_flagged_not_praised():
     text = "\n".join(answer_section(rows, AXES, spec))
     line = next(ln for ln in text.splitlines() if "**kde_kl** beside its floor" in ln)
     assert "2 of 2 arms are past the floor" in line and "past the floor: `" not in line
+
+
+def test_a_sample_metric_whose_best_is_past_the_floor_ranks_no_arm():
+    """mixture8 again: x0 / weighted's kde_kl 0.72 below the floor 0.809 was the "best" of its metric
+    sentence and marked in the table. With the best past the floor nothing is marked or called best; on the
+    right side of the floor the ranking stands."""
+    spec = ReportSpec(headline=HEADLINE, compare_within=("data.name",))
+    (group,) = comparison_groups(_seed_rows(), AXES, spec)
+    ranked = compare_group(group, "kde_kl", spec, ["train.seed"])
+    assert ranked is not None and ranked.best == "eps"  # 0.901 against floors 0.70 / 0.75
+    rows = [
+        {**r, "kde_kl": r["kde_kl"] - 0.3} if r["objective.target"] == "x0" and r["label"] == "" else r
+        for r in _seed_rows()
+    ]  # x0 0.651 < floor 0.726: a "best" that is better than true samples
+    (group,) = comparison_groups(rows, AXES, spec)
+    assert compare_group(group, "kde_kl", spec, ["train.seed"]) is None
+    assert compare_group(group, "kl", spec, ["train.seed"]) is not None  # other metrics still ranked
+    text = "\n".join(answer_section(rows, AXES, spec))
+    assert "**kde_kl**: the best" not in text and "**kde_kl**: " not in text.replace("**kde_kl** beside", "")
+    assert "so **kde_kl** ranks no arm here (no best is marked)" in text
+    assert "not ranked: kde_kl" in text
+    table = [ln for ln in text.splitlines() if ln.startswith("| `")]
+    kde_cells = [ln.strip("|").split("|")[3] for ln in table]
+    assert kde_cells and not any("≈" in c or "**" in c for c in kde_cells)
+    # a "max" metric: past the floor is above it, so the same values read as "higher is better" rank
+    # when every arm is below the floor and do not when the best is above it
+    up = ReportSpec(headline=HEADLINE, compare_within=("data.name",), directions={"kde_kl": "max"})
+    below = [{**r, "kde_kl": r["kde_kl"] - 0.3} if r["label"] == "" else r for r in _seed_rows()]
+    (low,) = comparison_groups(below, AXES, up)
+    assert compare_group(low, "kde_kl", up, ["train.seed"]).best == "x0"  # 0.651 < floor 0.726
+    (high,) = comparison_groups(_seed_rows(), AXES, up)
+    assert compare_group(high, "kde_kl", up, ["train.seed"]) is None  # 0.951 > floor

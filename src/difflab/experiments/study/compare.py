@@ -129,11 +129,37 @@ def candidates(group: Group, spec: ReportSpec) -> list[Arm]:
     return [a for a in group.arms if not a.reference]
 
 
+def floor_value(group: Group, metric: str, spec: ReportSpec) -> float | None:
+    """The group's mean of ``metric``'s floor column (the metric on fresh true samples), or None."""
+    vals = [v for v in (a.value(spec.floor_of(metric)) for a in group.arms) if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def past_floor(value: float, floor: float, direction: str) -> bool:
+    """Whether ``value`` is better than the floor: better than true samples, which no model can be."""
+    return (floor - value if direction == "max" else value - floor) < 0
+
+
 def compare_group(
     group: Group, metric: str, spec: ReportSpec, seed_keys: Sequence[str]
 ) -> GroupComparison | None:
     """Best candidate arm and ties for one metric (module docstring), or None if it cannot be tested. With
-    seeds, only the arms with at least 2 seeds take part (the others are left out of the comparison)."""
+    seeds, only the arms with at least 2 seeds take part (the others are left out of the comparison).
+
+    None also for a metric with a floor whose best arm is past it (:func:`past_floor`): there the ranking
+    measures evaluation noise or a bias of the measure (a KDE measure rewards samples more concentrated
+    than the data), so no arm is called best."""
+    comparison = _compare_group(group, metric, spec, seed_keys)
+    floor = floor_value(group, metric, spec)
+    if comparison is None or floor is None:
+        return comparison
+    best = comparison.means[comparison.best]
+    return None if past_floor(best, floor, spec.directions.get(metric, "min")) else comparison
+
+
+def _compare_group(
+    group: Group, metric: str, spec: ReportSpec, seed_keys: Sequence[str]
+) -> GroupComparison | None:
     arms = candidates(group, spec)
     rows = [r for a in arms for r in a.rows]
     if len(arms) < 2 or not is_ranked(metric, spec, rows):

@@ -164,7 +164,7 @@ def coverage_sentence(comps: Mapping[str, GroupComparison | None]) -> str:
                 "seed variance and evaluation noise"
             )
     untested = [m for m, c in comps.items() if c is None]
-    tail = f"; not tested: {', '.join(untested)}" if untested else ""
+    tail = f"; not ranked: {', '.join(untested)}" if untested else ""
     return (
         "Each arm is tested against the best (paired; a tie when the Holm-adjusted p over the group's "
         f"comparisons is at least {alpha:g}; ± is the unadjusted {1 - alpha:.0%} interval of the "
@@ -217,6 +217,7 @@ def sampler_sentence(group: Group, metric: str, spec: ReportSpec, comp: GroupCom
     sign = -1.0 if spec.directions.get(metric, "min") == "max" else 1.0
     best_name = str(comp.best) if comp is not None else min(vals, key=lambda a: sign * vals[a])
     best = vals[best_name]
+    unranked = comp is None and sign * (best - floor) < 0
     text = f"**{metric}** beside its floor: {_fmt(floor)} (`{spec.floor_of(metric)}`: on true data)"
     samplers = {a.name: a.text("sampler") for a in group.arms}
     if oracle is not None:
@@ -250,6 +251,8 @@ def sampler_sentence(group: Group, metric: str, spec: ReportSpec, comp: GroupCom
         )
         text += f"; past the floor: {names}, better than true samples, which no model can be: {why}"
         text += ", not a better fit"
+    if unranked:
+        text += f"; so **{metric}** ranks no arm here (no best is marked)"
     return text + "."
 
 
@@ -306,7 +309,8 @@ def answer_section(
         "± is a 95% interval of the arm's own value; **bold**: the best arm, significantly better than "
         "every other arm of its group; ≈: the best and every arm not significantly different from it "
         f"(paired test of the difference, Holm-adjusted p ≥ {1 - LEVEL:g} over the group); no mark: "
-        "not testable. Floors, reference rows and constant columns are never best.",
+        "not testable. Floors, reference rows and constant columns are never best, nor is any arm on a "
+        "sample metric whose best value is past its floor (better than true samples).",
         "",
     ]
     for group in comparison_groups(rows, axes_keys, spec):
