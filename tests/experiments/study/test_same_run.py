@@ -270,3 +270,31 @@ def test_report_notes_the_copies(tmp_path):
     many = [{"run_id": f"b{i}", "copy_of": f"a{i}"} for i in range(8)]
     assert copy_note(many)[0].endswith("b5 = a5, ….")
     assert copy_note(many)[0].startswith("8 runs were not trained")
+
+
+def test_an_image_copy_equals_training_it(tmp_path):
+    """The image kind's key, and its claim: x0 / rescaled trains and evaluates exactly as x0 / weighted."""
+    import copy
+
+    from difflab.experiments.images.config import same_run_key as image_key
+    from difflab.experiments.images.run import run_image_experiment
+
+    from ..images.test_pipeline import TINY
+
+    def config(weighting: str, seed: int = 0) -> dict:
+        cfg = copy.deepcopy(TINY)
+        cfg["eval"]["cache_dir"] = str(tmp_path / "cache")
+        cfg["objective"] = {"target": "x0", "weighting": weighting}
+        cfg["train"]["seed"] = seed
+        cfg["label"] = weighting
+        return cfg
+
+    assert image_key(config("weighted")) == image_key(config("rescaled"))
+    assert image_key(config("weighted")) != image_key(config("nelbo"))
+    assert image_key(config("weighted")) != image_key(config("weighted", seed=1))
+    results = {}
+    for weighting in ("weighted", "rescaled"):
+        out = run_image_experiment(config(weighting), str(tmp_path / weighting))
+        results[weighting] = {k: v for k, v in out.items() if "seconds" not in k and k != "throughput"}
+    # NaN-aware: a withheld figure (NaN) on both sides is equal
+    assert json.dumps(results["weighted"], sort_keys=True) == json.dumps(results["rescaled"], sort_keys=True)
