@@ -129,6 +129,20 @@ def _trained(out: Path) -> list[str]:
     return sorted(starts)
 
 
+def _run(study, out: Path, **options):
+    """run_study of the fake study with the weight key, one worker, no bar."""
+    return run_study(
+        study,
+        run_fn=seeded_run,
+        validate_fn=accept,
+        out_dir=out,
+        workers=1,
+        progress=False,
+        same_run_key=weight_key,
+        **options,
+    )
+
+
 def _study(tmp_path: Path):
     (tmp_path / "same.toml").write_text(STUDY)
     return load_study(tmp_path / "same.toml", tmp_path / "builtin")
@@ -137,15 +151,7 @@ def _study(tmp_path: Path):
 def test_copies_are_not_trained_and_hold_the_source_result(tmp_path, capsys):
     out = tmp_path / "out"
     study = _study(tmp_path)
-    result = run_study(
-        study,
-        run_fn=seeded_run,
-        validate_fn=accept,
-        out_dir=out,
-        workers=1,
-        progress=False,
-        same_run_key=weight_key,
-    )
+    result = _run(study, out)
     # b/s0 copies a/s0; b/s1's source a/s1 failed, so b/s1 trained itself (and failed the same way)
     assert result.copied == {"b__s0": "a__s0"}
     assert _trained(out) == [
@@ -174,15 +180,7 @@ def test_copies_are_not_trained_and_hold_the_source_result(tmp_path, capsys):
     assert header[-2:] == ["copy_of", "error"]
 
     # a rerun skips the copy and the finished runs
-    again = run_study(
-        study,
-        run_fn=seeded_run,
-        validate_fn=accept,
-        out_dir=out,
-        workers=1,
-        progress=False,
-        same_run_key=weight_key,
-    )
+    again = _run(study, out)
     assert "b__s0" in again.skipped and again.copied == {}
     assert _trained(out) == ["a__s0", "a__s1", "a__s1", "b__s1", "c__s0", "c__s1"]  # the error reruns
 
@@ -196,16 +194,7 @@ def test_copy_of_a_source_another_shard_has_not_finished_trains_itself(tmp_path)
     shards = [{s.run_id for s in shard_of(expand(study), i, 2)} for i in range(2)]
     shard = next(i for i in range(2) if "b__s0" in shards[i])
     assert "a__s0" not in shards[shard]  # shard_of is deterministic: the premise of the test holds
-    result = run_study(
-        study,
-        run_fn=seeded_run,
-        validate_fn=accept,
-        out_dir=out,
-        workers=1,
-        progress=False,
-        same_run_key=weight_key,
-        shard=(shard, 2),
-    )
+    result = _run(study, out, shard=(shard, 2))
     assert "b__s0" in result.ran and result.copied == {} and "b__s0" in _trained(out)
     assert "copy_of" not in json.loads((out / "runs" / "b__s0" / "result.json").read_text())
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from difflab import __version__
 from difflab.experiments.common.rundir import write_json_atomic
-from difflab.experiments.study.claims import describe, read_claim, try_claim
+from difflab.experiments.study.claims import Claim, describe, read_claim, try_claim
 from difflab.experiments.study.results import DONE_STATUSES, read_record
 from difflab.experiments.study.spec import RunSpec
 
@@ -140,19 +140,36 @@ def error_record(
     }
 
 
+def _claim_pending(
+    spec: RunSpec, runs_dir: str
+) -> tuple[Path, Claim | None, dict[str, Any] | None, dict[str, Any] | None]:
+    """(run dir, claim, previous result.json, status): the claim on a run still to do, else claim None and
+    the status to return (CLAIMED: a live worker holds it; ALREADY_DONE: finished since planning)."""
+    run_dir = Path(runs_dir) / spec.run_id
+    claim = try_claim(run_dir)
+    if claim is None:
+        return (
+            run_dir,
+            None,
+            None,
+            {"run_id": spec.run_id, "status": CLAIMED, "owner": describe(read_claim(run_dir))},
+        )
+    previous = read_record(run_dir)
+    if previous is not None and previous.get("status") in DONE_STATUSES:
+        claim.release()
+        return run_dir, None, previous, {"run_id": spec.run_id, "status": ALREADY_DONE}
+    return run_dir, claim, previous, None
+
+
 def execute_run(run_fn: RunFn, spec: RunSpec, runs_dir: str) -> dict[str, Any] | None:
     """Claim, run and record one spec. None if the study was stopped; status CLAIMED / ALREADY_DONE when
     another worker holds or finished the run; else the record written to result.json (errors included)."""
     if _STOP_EVENT is not None and _STOP_EVENT.is_set():
         return None
-    run_dir = Path(runs_dir) / spec.run_id
-    claim = try_claim(run_dir)
+    run_dir, claim, previous, status = _claim_pending(spec, runs_dir)
     if claim is None:
-        return {"run_id": spec.run_id, "status": CLAIMED, "owner": describe(read_claim(run_dir))}
+        return status
     try:
-        previous = read_record(run_dir)
-        if previous is not None and previous.get("status") in DONE_STATUSES:
-            return {"run_id": spec.run_id, "status": ALREADY_DONE}
         if not (run_dir / "config.json").exists():  # an existing one is the run's: its kind checks reuse
             write_json_atomic(run_dir / "config.json", spec.config)
         checkpoint = "yes" if (run_dir / "checkpoint.pt").exists() else "no"
@@ -180,14 +197,11 @@ def copy_run(spec: RunSpec, source: RunSpec, runs_dir: str) -> dict[str, Any] | 
     directory holds one computation. result.json is written last: an interrupted copy is not a result."""
     if _STOP_EVENT is not None and _STOP_EVENT.is_set():
         return None
-    run_dir, source_dir = Path(runs_dir) / spec.run_id, Path(runs_dir) / source.run_id
-    claim = try_claim(run_dir)
+    run_dir, claim, _, status = _claim_pending(spec, runs_dir)
     if claim is None:
-        return {"run_id": spec.run_id, "status": CLAIMED, "owner": describe(read_claim(run_dir))}
+        return status
+    source_dir = Path(runs_dir) / source.run_id
     try:
-        previous = read_record(run_dir)
-        if previous is not None and previous.get("status") in DONE_STATUSES:
-            return {"run_id": spec.run_id, "status": ALREADY_DONE}
         source_record = read_record(source_dir)
         if source_record is None or source_record.get("status") not in DONE_STATUSES:
             raise ValueError(f"{source_dir} has no finished result to copy")
