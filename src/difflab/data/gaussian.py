@@ -25,6 +25,7 @@ from difflab._broadcast import batch_time
 from difflab.processes.base import Process
 
 LOG_2PI = math.log(2.0 * math.pi)
+CHUNK_ELEMENTS = 1 << 22  # numbers per (B, K, D) piece of one evaluation block (32 MiB in float64)
 
 
 class GaussianMixture:
@@ -54,6 +55,14 @@ class GaussianMixture:
         evals, evecs = torch.linalg.eigh(self.covs)
         if bool((evals <= 0).any()):
             raise ValueError("covariances must be positive definite")
+        # axis-aligned components (isotropic ones, or those after a per-dimension z-scoring): the identity
+        # is their eigenbasis, and at one (alpha, sigma) for the whole batch every quantity below is a
+        # product of (B, K) and (K, D) matrices (the fast path of _diagonal_parts)
+        off_diagonal = self.covs - torch.diag_embed(torch.diagonal(self.covs, dim1=-2, dim2=-1))
+        self._diagonal = bool((off_diagonal == 0).all())
+        if self._diagonal:
+            evals = torch.diagonal(self.covs, dim1=-2, dim2=-1).clone()
+            evecs = torch.eye(self.dim, dtype=torch.float64).expand_as(self.covs).clone()
         self.evals = evals  # (K, D)
         self.evecs = evecs  # (K, D, D), columns are eigenvectors
 
@@ -123,28 +132,94 @@ class GaussianMixture:
         )
         return proj, c_evals, log_comp, alpha, sigma
 
+    def _diagonal_parts(self, x: Tensor, alpha: Tensor | float, sigma: Tensor | float):
+        """The fast path for axis-aligned components and one (alpha, sigma) for the whole batch, None
+        otherwise. With c_k = alpha^2 lambda_k + sigma^2 and m_k = alpha mu_k (both (K, D)), the quadratic
+        form sum_d (x_d - m_kd)^2 / c_kd = x^2 (1/c)^T - 2 x (m/c)^T + sum_d m_kd^2 / c_kd is one matrix
+        product and no (B, K, D) array is made. Returns (log_comp (B, K), c, m)."""
+        if not self._diagonal:
+            return None
+        a = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1)
+        s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
+        if a.numel() > 1 and not (bool((a == a[0]).all()) and bool((s == s[0]).all())):
+            return None
+        a, s = a[0], s[0]
+        x = x.to(torch.float64)
+        c = a**2 * self.evals + s**2
+        inv_c = 1.0 / c
+        m = a * self.means
+        # one product: [x^2, x, 1] [1/c, -2 m/c, sum_d (m^2/c + log c) + D log 2 pi - 2 log pi_k]^T
+        const = (m * m * inv_c + torch.log(c)).sum(-1) + self.dim * LOG_2PI - 2.0 * torch.log(self.weights)
+        features = torch.cat([x * x, x, torch.ones_like(x[:, :1])], dim=1)
+        coefs = torch.cat([inv_c, -2.0 * m * inv_c, const[:, None]], dim=1)
+        log_comp = (features @ coefs.T).mul_(-0.5)
+        return log_comp, c, m
+
+    def _chunked(self, fn: Callable[[Tensor, Tensor, Tensor], Tensor], x: Tensor, alpha, sigma) -> Tensor:
+        """fn(x, alpha, sigma) on row blocks of x whose (B, K, D) pieces hold at most CHUNK_ELEMENTS
+        numbers (a 4096-component law on a 600 x 600 grid would otherwise need 24 GB); alpha and sigma
+        are scalars or (B,) and are split with x."""
+        x = torch.as_tensor(x, dtype=torch.float64)
+        rows = max(1, CHUNK_ELEMENTS // (self.num_components * self.dim))
+        if x.shape[0] <= rows:
+            return fn(x, alpha, sigma)
+        alpha = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1).expand(x.shape[0])
+        sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).expand(x.shape[0])
+        return torch.cat(
+            [
+                fn(x[i : i + rows], alpha[i : i + rows], sigma[i : i + rows])
+                for i in range(0, x.shape[0], rows)
+            ]
+        )
+
     def log_prob_at(self, x: Tensor, alpha: Tensor | float = 1.0, sigma: Tensor | float = 0.0) -> Tensor:
         """log p_t(x) for p_t the law of alpha x0 + sigma eps; alpha, sigma scalars or (B,)."""
-        return torch.logsumexp(self._parts(x, alpha, sigma)[2], dim=1)
+        return self._chunked(lambda x, a, s: torch.logsumexp(self._log_comp(x, a, s), dim=1), x, alpha, sigma)
 
     def responsibilities_at(self, x: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
-        log_comp = self._parts(x, alpha, sigma)[2]
-        return torch.softmax(log_comp, dim=1)
+        return self._chunked(lambda x, a, s: torch.softmax(self._log_comp(x, a, s), dim=1), x, alpha, sigma)
+
+    def _log_comp(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """log pi_k + log N(x; alpha mu_k, C_k), (B, K)."""
+        fast = self._diagonal_parts(x, alpha, sigma)
+        return fast[0] if fast is not None else self._parts(x, alpha, sigma)[2]
 
     def score_at(self, x: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
         """grad_x log p_t(x)."""
-        proj, c_evals, log_comp, _, _ = self._parts(x, alpha, sigma)
-        r = torch.softmax(log_comp, dim=1)
-        per_comp = -torch.einsum("kdj,bkj->bkd", self.evecs, proj / c_evals)  # -C_k^{-1}(x - alpha mu_k)
-        return (r[..., None] * per_comp).sum(1)
+
+        def score(x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+            fast = self._diagonal_parts(x, alpha, sigma)
+            if fast is not None:  # -sum_k r_k (x - m_k) / c_k
+                log_comp, c, m = fast
+                r = torch.softmax(log_comp, dim=1)
+                both = r @ torch.cat([m / c, 1.0 / c], dim=1)
+                return both[:, : self.dim] - x.to(torch.float64) * both[:, self.dim :]
+            proj, c_evals, log_comp, _, _ = self._parts(x, alpha, sigma)
+            r = torch.softmax(log_comp, dim=1)
+            per_comp = -torch.einsum("kdj,bkj->bkd", self.evecs, proj / c_evals)  # -C_k^{-1}(x - alpha mu_k)
+            return (r[..., None] * per_comp).sum(1)
+
+        return self._chunked(score, x, alpha, sigma)
 
     def denoise_at(self, x: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
         """Bayes denoiser E[x0 | alpha x0 + sigma eps = x]."""
-        proj, c_evals, log_comp, alpha_, _ = self._parts(x, alpha, sigma)
-        r = torch.softmax(log_comp, dim=1)
-        gain = alpha_ * self.evals[None] / c_evals  # alpha Sigma C^{-1} in the eigenbasis
-        per_comp = self.means[None] + torch.einsum("kdj,bkj->bkd", self.evecs, gain * proj)
-        return (r[..., None] * per_comp).sum(1)
+
+        def denoise(x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+            fast = self._diagonal_parts(x, alpha, sigma)
+            if fast is not None:  # sum_k r_k [mu_k + g_k (x - m_k)], g_k = alpha lambda_k / c_k
+                log_comp, c, m = fast
+                r = torch.softmax(log_comp, dim=1)
+                a = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1)[0]
+                gain = a * self.evals / c
+                both = r @ torch.cat([self.means - gain * m, gain], dim=1)
+                return both[:, : self.dim] + x.to(torch.float64) * both[:, self.dim :]
+            proj, c_evals, log_comp, alpha_, _ = self._parts(x, alpha, sigma)
+            r = torch.softmax(log_comp, dim=1)
+            gain = alpha_ * self.evals[None] / c_evals  # alpha Sigma C^{-1} in the eigenbasis
+            per_comp = self.means[None] + torch.einsum("kdj,bkj->bkd", self.evecs, gain * proj)
+            return (r[..., None] * per_comp).sum(1)
+
+        return self._chunked(denoise, x, alpha, sigma)
 
     def mmse_at(self, alpha: float, sigma: float) -> float:
         """E|x0 - E[x0|x_t]|^2 in closed form; exact for a single Gaussian (K = 1) only."""

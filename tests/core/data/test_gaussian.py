@@ -209,3 +209,23 @@ def test_eight_mode_mixture_std_convention() -> None:
     torch.testing.assert_close(gm.means.norm(dim=1), torch.full((8,), 10.0, dtype=F64))
     torch.testing.assert_close(gm.covs, torch.eye(2, dtype=F64).expand(8, 2, 2))  # std 1 -> cov I
     torch.testing.assert_close(gm.mean(), torch.zeros(2, dtype=F64), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("alpha", "sigma"), [(1.0, 0.0), (0.7, 0.5), (0.999, 0.02)])
+def test_axis_aligned_fast_path_matches_the_general_one(alpha, sigma):
+    """Axis-aligned components at one (alpha, sigma) take the matrix-product path; it gives the general
+    eigenbasis path's log p_t, score and denoiser to rounding (a per-point alpha takes the general path)."""
+    g = torch.Generator().manual_seed(0)
+    means = 3.0 * torch.randn(50, 2, dtype=torch.float64, generator=g)
+    variances = 0.05 + torch.rand(50, 2, dtype=torch.float64, generator=g)
+    law = GaussianMixture(
+        torch.rand(50, dtype=torch.float64, generator=g) + 0.1, means, torch.diag_embed(variances)
+    )
+    x = 3.0 * torch.randn(300, 2, dtype=torch.float64, generator=g)
+    assert law._diagonal_parts(x, alpha, sigma) is not None
+    assert law._diagonal_parts(x, torch.linspace(0.5, 0.9, 300), sigma) is None
+    fast = (law.log_prob_at(x, alpha, sigma), law.score_at(x, alpha, sigma), law.denoise_at(x, alpha, sigma))
+    law._diagonal = False
+    slow = (law.log_prob_at(x, alpha, sigma), law.score_at(x, alpha, sigma), law.denoise_at(x, alpha, sigma))
+    for f, s in zip(fast, slow, strict=True):
+        torch.testing.assert_close(f, s, rtol=1e-11, atol=1e-11)

@@ -122,7 +122,11 @@ def _recipe_process(config: SamplerRunConfig) -> Any:
         return image_recipe(config).process
     recipe = recipe_config(config)
     if TOY2D[recipe.data.name].law is None:
-        raise ConfigError(f"data set {recipe.data.name!r} has no known law: the oracle and the KL need one")
+        with_law = ", ".join(sorted(name for name, source in TOY2D.items() if source.law is not None))
+        raise ConfigError(
+            f"data set {recipe.data.name!r} has no Gaussian-mixture law: the oracle needs its exact score "
+            f"(sets with one: {with_law})"
+        )
     return recipe.process
 
 

@@ -97,8 +97,10 @@ def check_baseline_config(config: RunConfig, process: Any) -> None:
         raise ConfigError(f"model 'lv_ddpm' needs process.name = 'ddpm' (a discrete chain), got {process!r}")
     from difflab.data.toy2d import TOY2D
 
-    if name in ("truth", "categorical_vae") and TOY2D[config.data.name].law is None:
-        raise ConfigError(f"model {name!r} needs a data set with a known law; {config.data.name!r} has none")
+    if name == "truth" and not TOY2D[config.data.name].has_density:
+        raise ConfigError(
+            f"model 'truth' needs a data set with a known density; {config.data.name!r} has none"
+        )
 
 
 @dataclass
@@ -185,6 +187,7 @@ def _contingency(model: Any, data: Any, n: int, seed: int, run_dir: str) -> dict
     argmax_c q(c|x) (the encoder) and argmax_c p(c|x) (the model posterior); writes contingency.json."""
     from difflab.baselines import contingency_table, mode_category_purity
 
+    # the modes of cluster / mixture8 are the components of their law
     x, modes = data.law.sample(n, generator=torch.Generator().manual_seed(seed), return_labels=True)
     K, C = data.law.num_components, model.num_categories
     with torch.no_grad():
@@ -257,7 +260,7 @@ def _log_densities(
     x_b, x_l = x_test[: ev.n_nelbo], x_test[: ev.n_nll]
     with torch.no_grad():
         if name == "truth":
-            return data.law.log_prob(x_b), data.law.log_prob(x_l), True
+            return data.density.log_prob(x_b), data.density.log_prob(x_l), True
         if name == "categorical_vae":
             return model.elbo_exact(x_b), model.log_likelihood(x_l), True
         if name in ("gaussian_vae", "hierarchical_vae"):
@@ -268,7 +271,7 @@ def _log_densities(
 
 def _likelihood(model: Any, config: RunConfig, data: Any) -> dict[str, Any]:
     """nelbo, nll (exact) or nll_iwae (a bound), kl or kl_iwae_bound, kl_elbo; nats per dim / per point."""
-    ev, law = config.eval, data.law
+    ev, law = config.eval, data.density
     dim = data.train.shape[1]
     x_test = data.test.to(torch.float64)
     x_b, x_l = x_test[: ev.n_nelbo], x_test[: ev.n_nll]
@@ -335,7 +338,7 @@ def run_baseline(config: RunConfig, run_dir: str) -> dict[str, Any]:
     result["sampler"] = sampler
     result["nfe"] = int(model.T) if name == "lv_ddpm" else 1
     result["n_samples"] = int(ev.n_samples)
-    if name == "categorical_vae" and data.law is not None:
+    if name == "categorical_vae" and data.modes is not None:
         result.update(_contingency(model, data, ev.n_samples, ev.seed + 6, run_dir))
     np.savez_compressed(os.path.join(run_dir, "samples.npz"), model=x.numpy())
     result["seconds"] = round(time.perf_counter() - start, 3)

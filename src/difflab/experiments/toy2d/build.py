@@ -79,8 +79,10 @@ def check_names(config: RunConfig) -> Process:
     check_sampler_options(ev.sampler_options, SAMPLERS, ev.sampler_names(config.objective.target))
     lookup(GRIDS, ev.grid, "grid")
     if m.name == "oracle" and TOY2D[config.data.name].law is None:
+        with_law = ", ".join(sorted(name for name, source in TOY2D.items() if source.law is not None))
         raise ConfigError(
-            f"model 'oracle' needs a data set with a known density; {config.data.name!r} has none"
+            f"model 'oracle' (the exact denoiser) needs a data set whose law is a Gaussian mixture "
+            f"({with_law}); {config.data.name!r} is not one"
         )
     if config.train.checkpoint_every % config.train.log_every:
         raise ConfigError("train.checkpoint_every must be a multiple of train.log_every")

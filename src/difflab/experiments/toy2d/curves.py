@@ -35,8 +35,9 @@ from difflab.experiments.toy2d.evaluate import NoGradDenoiser, draw_samples
 
 
 def curve_metric(parts: RunParts) -> str:
-    """The metric the verdict reads: exact KL where the law is known, else the PF-ODE NLL."""
-    return "kl" if parts.data.law is not None else "nll"
+    """The metric the verdict reads: exact KL where the density is known (every built-in set), else the
+    PF-ODE NLL."""
+    return "kl" if parts.data.density is not None else "nll"
 
 
 def curve_evaluator(parts: RunParts):
@@ -49,7 +50,7 @@ def curve_evaluator(parts: RunParts):
     data = parts.data
     x = data.test[: ev.curve_n].to(torch.float64)
     dim = x.shape[1]
-    log_q = data.law.log_prob(x) if data.law is not None else None
+    log_q = data.density.log_prob(x) if data.density is not None else None
     n_s = min(ev.curve_n_samples, data.test.shape[0])
     ref = data.test[:n_s].to(torch.float64)
     sampler = ev.sampler_names(parts.config.objective.target)[0]

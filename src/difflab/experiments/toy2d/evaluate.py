@@ -111,7 +111,7 @@ def sample_quality(
     sm = sample_metrics(
         x,
         ref,
-        law=data.law,
+        law=data.density,
         modes=data.modes,
         generator=mg,
         fresh=data.sample_fresh,
@@ -119,15 +119,15 @@ def sample_quality(
         n_eval=ev.kde_n_eval,
     )
     out = {k: float(v) for k, v in sm.items() if with_floor or not k.endswith("_floor")}
-    if ev.kde_h_raw is not None and data.law is not None:
+    if ev.kde_h_raw is not None and data.density is not None:
         h = (ev.kde_h_raw / data.scale).to(torch.float64)
         g = torch.Generator().manual_seed(ev.seed + 3)
-        pts = data.law.sample(ev.kde_n_eval, generator=g)
-        out["kde_kl_h"] = kde_kl(x, data.law, bandwidth=h, eval_points=pts).value
+        pts = data.density.sample(ev.kde_n_eval, generator=g)
+        out["kde_kl_h"] = kde_kl(x, data.density, bandwidth=h, eval_points=pts).value
         out["kde_h"] = float(h.log().mean().exp())
         if with_floor:
             fresh = data.sample_fresh(x.shape[0], torch.Generator().manual_seed(ev.seed + 4))
-            out["kde_kl_h_floor"] = kde_kl(fresh, data.law, bandwidth=h, eval_points=pts).value
+            out["kde_kl_h_floor"] = kde_kl(fresh, data.density, bandwidth=h, eval_points=pts).value
     if ev.mode_fractions and data.modes is not None:
         cov = mode_coverage(x, data.modes, data.mode_weights)
         for k, frac in enumerate(cov.fractions.tolist()):
@@ -160,8 +160,8 @@ def likelihood_metrics(
     metrics["n_nelbo"] = int(total.numel())
     points["nelbo"] = total.numpy().astype(np.float64)
     _, metrics["nelbo_se_mc"], metrics["nelbo_se_points"] = elbo.mean_se_parts()  # issue 9, item 7
-    if data.law is not None:  # E_q[log q] + NELBO >= KL of the reverse-SDE model (not of the PF-ODE density)
-        metrics["kl_elbo"] = float(data.law.log_prob(x_nelbo).mean() + elbo.total.mean())
+    if data.density is not None:  # E_q[log q] + NELBO >= KL of the reverse-SDE model (not of the PF-ODE's)
+        metrics["kl_elbo"] = float(data.density.log_prob(x_nelbo).mean() + elbo.total.mean())
     if not ev.nll:
         return metrics
     x_nll = x_test[: ev.n_nll]
@@ -187,8 +187,8 @@ def likelihood_metrics(
     metrics["nll_nfe"] = int(res.nfe)
     metrics["n_nll"] = int(logp.numel())
     points["nll"] = (-logp / dim).numpy().astype(np.float64)
-    if data.law is not None:
-        log_q = data.law.log_prob(x_nll)
+    if data.density is not None:
+        log_q = data.density.log_prob(x_nll)
         diff = log_q - logp
         metrics["kl"] = float(diff.mean())
         metrics["kl_se"] = float(diff.std() / math.sqrt(diff.numel()))
