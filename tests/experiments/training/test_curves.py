@@ -105,6 +105,9 @@ def test_nll_verdict_has_no_relative_tolerance(tmp_path, monkeypatch):
     config["eval"]["verdict_rtol"] = 0.5
     result = run_experiment(config, str(tmp_path / "run"))
     assert result["verdict_metric"] == "nll" and result["verdict_rtol"] == 0.0
+    monkeypatch.undo()  # the built-in ring has its exact density: the KL, with the tolerance
+    with_density = run_experiment(config, str(tmp_path / "run_kl"))
+    assert with_density["verdict_metric"] == "kl" and with_density["verdict_rtol"] == 0.5
     curve = json.loads((tmp_path / "run" / "curves.json").read_text())
     assert result["verdict"] == run_verdict(curve, "nll", rtol=0.0)["verdict"]
     # the ring case that motivated it: NLL 1.30 -> 1.24 with a paired s.e. far below 0.03
