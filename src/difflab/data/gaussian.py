@@ -136,7 +136,7 @@ class GaussianMixture:
         """The fast path for axis-aligned components and one (alpha, sigma) for the whole batch, None
         otherwise. With c_k = alpha^2 lambda_k + sigma^2 and m_k = alpha mu_k (both (K, D)), the quadratic
         form sum_d (x_d - m_kd)^2 / c_kd = x^2 (1/c)^T - 2 x (m/c)^T + sum_d m_kd^2 / c_kd is one matrix
-        product and no (B, K, D) array is made. Returns (log_comp (B, K), c, m)."""
+        product and no (B, K, D) array is made. Returns (log_comp (B, K), c, m, alpha)."""
         if not self._diagonal:
             return None
         a = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1)
@@ -153,7 +153,7 @@ class GaussianMixture:
         features = torch.cat([x * x, x, torch.ones_like(x[:, :1])], dim=1)
         coefs = torch.cat([inv_c, -2.0 * m * inv_c, const[:, None]], dim=1)
         log_comp = (features @ coefs.T).mul_(-0.5)
-        return log_comp, c, m
+        return log_comp, c, m, a
 
     def _chunked(self, fn: Callable[[Tensor, Tensor, Tensor], Tensor], x: Tensor, alpha, sigma) -> Tensor:
         """fn(x, alpha, sigma) on row blocks of x whose (B, K, D) pieces hold at most CHUNK_ELEMENTS
@@ -190,7 +190,7 @@ class GaussianMixture:
         def score(x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
             fast = self._diagonal_parts(x, alpha, sigma)
             if fast is not None:  # -sum_k r_k (x - m_k) / c_k
-                log_comp, c, m = fast
+                log_comp, c, m, _ = fast
                 r = torch.softmax(log_comp, dim=1)
                 both = r @ torch.cat([m / c, 1.0 / c], dim=1)
                 return both[:, : self.dim] - x.to(torch.float64) * both[:, self.dim :]
@@ -207,9 +207,8 @@ class GaussianMixture:
         def denoise(x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
             fast = self._diagonal_parts(x, alpha, sigma)
             if fast is not None:  # sum_k r_k [mu_k + g_k (x - m_k)], g_k = alpha lambda_k / c_k
-                log_comp, c, m = fast
+                log_comp, c, m, a = fast
                 r = torch.softmax(log_comp, dim=1)
-                a = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1)[0]
                 gain = a * self.evals / c
                 both = r @ torch.cat([self.means - gain * m, gain], dim=1)
                 return both[:, : self.dim] + x.to(torch.float64) * both[:, self.dim :]

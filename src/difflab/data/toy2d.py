@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from difflab.data.gaussian import GaussianMixture, eight_mode_mixture
+from difflab.data.gaussian import LOG_2PI, GaussianMixture, eight_mode_mixture
 from difflab.registry import lookup
 
 RawSampler = Callable[[int, "torch.Generator | None"], Tensor]
@@ -66,7 +66,6 @@ REFERENCE_SIZE = 1_000_000
 REFERENCE_SEED = 20_240_000
 SWISS_ROLL_PANELS = 1024
 SWISS_ROLL_NODES = 4
-LOG_2PI = math.log(2.0 * math.pi)
 
 
 # --- raw samplers (float64, unscaled) ----------------------------------------------------------------
@@ -229,6 +228,11 @@ TOY2D: dict[str, Toy2DSource] = {
 }
 
 
+def oracle_sets() -> list[str]:
+    """Names of the sets whose law is a Gaussian mixture (so the oracle, the exact denoiser, exists)."""
+    return sorted(name for name, source in TOY2D.items() if source.law is not None)
+
+
 @functools.cache
 def standardisation(name: str) -> tuple[Tensor, Tensor]:
     """(shift, scale), each (2,) float64, used to z-score set ``name``: the law's population mean and
@@ -300,11 +304,8 @@ def make_toy2d(name: str, n_train: int = 80_000, n_test: int = 20_000, seed: int
     gen = torch.Generator().manual_seed(int(seed))
     x = ((source.sample(n_train + n_test, gen) - shift) / scale).to(torch.float32)
     law = source.law().affine(shift, scale) if source.law is not None else None
-    density = (
-        law
-        if law is not None
-        else (ScaledDensity(source, shift, scale) if source.log_density is not None else None)
-    )
+    # the density of a mixture set is its law (Toy2D.__post_init__)
+    density = ScaledDensity(source, shift, scale) if law is None and source.log_density is not None else None
     modes = law.means.clone() if (law is not None and source.has_modes) else None
     weights = law.weights.clone() if (law is not None and source.has_modes) else None
     return Toy2D(
@@ -331,5 +332,6 @@ __all__ = [
     "Toy2D",
     "Toy2DSource",
     "make_toy2d",
+    "oracle_sets",
     "standardisation",
 ]

@@ -58,7 +58,7 @@ def check_names(config: RunConfig) -> Process:
     """Check every name of a run against its table and the cross-field rules; returns the process.
 
     Raises ConfigError or UnknownNameError (the message lists the valid choices). Reads no data."""
-    from difflab.data.toy2d import TOY2D
+    from difflab.data.toy2d import TOY2D, oracle_sets
     from difflab.models.mlp import ACTIVATIONS, CONDITIONINGS
     from difflab.samplers import GRIDS, SAMPLERS
 
@@ -79,10 +79,9 @@ def check_names(config: RunConfig) -> Process:
     check_sampler_options(ev.sampler_options, SAMPLERS, ev.sampler_names(config.objective.target))
     lookup(GRIDS, ev.grid, "grid")
     if m.name == "oracle" and TOY2D[config.data.name].law is None:
-        with_law = ", ".join(sorted(name for name, source in TOY2D.items() if source.law is not None))
         raise ConfigError(
             f"model 'oracle' (the exact denoiser) needs a data set whose law is a Gaussian mixture "
-            f"({with_law}); {config.data.name!r} is not one"
+            f"({', '.join(oracle_sets())}); {config.data.name!r} is not one"
         )
     if config.train.checkpoint_every % config.train.log_every:
         raise ConfigError("train.checkpoint_every must be a multiple of train.log_every")
