@@ -184,6 +184,32 @@ def test_multi_seed_arm_verdict_is_the_mean_change_and_getting_worse_is_not_conv
     )
 
 
+def test_verdict_over_two_doublings_shows_the_doubling_before():
+    """With eval.verdict_doublings = 2 the cell gives the earlier doubling's change, and an arm flat over the
+    last doubling but falling over the one before is listed as not converged."""
+    rows = _seed_rows()
+    for r in rows:
+        if r["label"] == "":
+            falling = r["objective.target"] == "x0"
+            r.update(
+                verdict="still improving" if falling else "converged",
+                verdict_change=0.001 * r["train.seed"],
+                verdict_se=0.01,
+                verdict_change_2=-0.3 if falling else 0.002,
+                verdict_se_2=0.01,
+                verdict_doublings=2,
+                verdict_metric="kl",
+                verdict_rtol=0.1,
+            )
+    spec = ReportSpec(headline=("kl",), compare_within=("data.name",))
+    text = "\n".join(answer_section(rows, AXES, spec))
+    x0_line = next(ln for ln in text.splitlines() if ln.startswith("| `x0`"))
+    assert "still improving (mean Δ 0.001, s.e. 0.01; the doubling before: Δ -0.3;" in x0_line
+    assert re.search(r"Not converged \([^)]*\): `x0`;", text)
+    eps_line = next(ln for ln in text.splitlines() if ln.startswith("| `eps`"))
+    assert eps_line.count("converged (") == 1 and "before: Δ 0.002" in eps_line
+
+
 def test_an_extra_with_axes_of_its_own_names_each_arm():
     """score-sde-gmm's "vp" extra spans two weightings: two arms, "vp / uniform_score" and "vp /
     inverse_variance" (both were called "vp" before, and their comparisons could not be told apart); an

@@ -118,6 +118,56 @@ def test_nll_verdict_has_no_relative_tolerance(tmp_path, monkeypatch):
     assert run_verdict(falling, "nll", rtol=0.1)["verdict"] == CONVERGED  # what the old rule said
 
 
+def test_verdict_over_the_last_two_doublings_sees_a_pause():
+    """The ring x0 / weighted case: KL 3.9 -> 2.78 -> 3.07 over 2000 -> 4000 -> 8000 steps. The last doubling
+    (+0.29) is inside 10 % of the KL, so the one-doubling rule says "converged"; over two doublings the drop
+    before it is not, so "still improving". A curve flat over both stays converged under either rule."""
+    paused = _curve({1000: 4.5, 2000: 3.9, 4000: 2.78, 8000: 3.07}, spread=0.5, jitter=0.05)
+    one = run_verdict(paused, "kl", rtol=0.1)
+    assert one["verdict"] == CONVERGED and "verdict_change_2" not in one
+    two = run_verdict(paused, "kl", rtol=0.1, doublings=2)
+    assert two["verdict"] == IMPROVING and two["converged"] == 0.0 and two["verdict_doublings"] == 2
+    assert two["verdict_change"] == pytest.approx(0.29, abs=0.02)  # the last doubling is still the slope
+    assert two["verdict_change_2"] == pytest.approx(-1.12, abs=0.02)
+    assert 0 < two["verdict_se_2"] < 0.01
+    flat = _curve({1000: 0.9, 2000: 0.31, 4000: 0.30, 8000: 0.30}, spread=0.5, jitter=0.01)
+    assert run_verdict(flat, "kl", rtol=0.1, doublings=2)["verdict"] == CONVERGED
+    # ... but not over three doublings (0.9 -> 0.31), and a curve spanning only two judges those two
+    assert run_verdict(flat, "kl", rtol=0.1, doublings=3)["verdict"] == IMPROVING
+    short = {"points": flat["points"][1:]}
+    v = run_verdict(short, "kl", rtol=0.1, doublings=4)
+    assert v["verdict"] == CONVERGED and v["verdict_doublings"] == 2
+    with pytest.raises(ValueError, match="doublings"):
+        run_verdict(flat, "kl", doublings=0)
+
+
+def test_arm_verdict_over_two_doublings():
+    """Seeds flat over the last doubling but falling over the one before: converged over one doubling, not
+    over two; the per-doubling means and s.e. are returned."""
+    runs = [
+        {
+            "verdict": CONVERGED,
+            "verdict_change": d1,
+            "verdict_se": 0.01,
+            "verdict_change_2": d2,
+            "verdict_se_2": 0.01,
+            "verdict_doublings": 2,
+            "verdict_metric": "kl",
+            "kl": 0.3,
+            "verdict_rtol": 0.1,
+        }
+        for d1, d2 in ((-0.01, -0.2), (0.005, -0.25), (-0.002, -0.18))
+    ]
+    out = arm_verdict(runs)
+    assert out["verdict"] == IMPROVING
+    assert out["verdict_change"] == pytest.approx(-0.007 / 3)
+    assert out["verdict_change_2"] == pytest.approx(-0.21)
+    one = [{k: v for k, v in r.items() if not k.endswith("_2") and k != "verdict_doublings"} for r in runs]
+    assert arm_verdict(one)["verdict"] == CONVERGED
+    flat = [{**r, "verdict_change_2": r["verdict_change"]} for r in runs]
+    assert arm_verdict(flat)["verdict"] == CONVERGED
+
+
 def test_arm_verdict_reuses_the_runs_tolerances():
     runs = [
         {"verdict": IMPROVING, "verdict_change": d, "verdict_metric": "kl", "kl": 0.3, "verdict_rtol": rtol}
@@ -332,11 +382,26 @@ def test_run_records_curve_verdict_and_cost(tmp_path):
         assert key in result, key
     assert result["verdict_metric"] == "kl" and result["budget_doublings"] == 0
     assert result["verdict_rtol"] == 0.1  # eval.verdict_rtol: the KL is judged with it
+    assert "verdict_change_2" not in result  # eval.verdict_doublings = 1: the last doubling only
     curve = json.loads((tmp_path / "run" / "curves.json").read_text())
     assert [p["step"] for p in curve["points"]] == [10, 20, 40, 80]  # 80/16 rounds up to one log interval
     last = curve["points"][-1]["metrics"]
     assert {"kl", "kl_se", "nll", "nelbo", "nelbo_se", "sw2", "sw2_floor"} <= set(last)
     assert last["sw2_floor"] < last["sw2"]
+
+
+def test_run_judged_over_two_doublings(tmp_path):
+    config = _tiny(80)
+    config["eval"]["verdict_doublings"] = 2
+    result = run_experiment(config, str(tmp_path / "run"))
+    curve = json.loads((tmp_path / "run" / "curves.json").read_text())
+    expected = run_verdict(curve, "kl", 0.1, 0.0, doublings=2)
+    assert result["verdict_doublings"] == 2
+    for key in ("verdict", "verdict_change", "verdict_change_2", "verdict_se_2"):
+        assert result[key] == expected[key], key
+    # the k-th last doubling: the curve's points at 40 and 20 steps
+    kl = {p["step"]: p["metrics"]["kl"] for p in curve["points"]}
+    assert result["verdict_change_2"] == pytest.approx(kl[40] - kl[20], abs=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -352,6 +417,7 @@ def test_run_records_curve_verdict_and_cost(tmp_path):
         ),
         ({}, {"curve_n": 1}, "curve_n"),
         ({}, {"curve_rtol": 0.0}, "curve_rtol"),
+        ({}, {"verdict_doublings": 5}, "verdict_doublings"),
     ],
 )
 def test_curve_and_budget_fields_are_checked(train, ev, message):

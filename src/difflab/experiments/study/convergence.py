@@ -15,6 +15,13 @@ i.e. another doubling changed the metric by less than its own noise (or than the
 "still improving" (Delta < 0) or "getting worse" (Delta > 0), with Delta the slope per doubling. No curve
 (baselines, oracle rows, ``eval.curve_points = 0``) gives "no curve".
 
+With ``doublings = D > 1`` the rule is applied to each of the last D doublings, Delta_k = m(S / 2^(k-1)) -
+m(S / 2^k) for k = 1..D, every one judged against the same tolerance rtol |m(S)| + atol, and the run is
+"converged" only when all D are (else the verdict of the most recent doubling that is not). One flat doubling
+can be a pause: measured on the ring (loss-comparison-2d), an x0 / weighted run whose KL rose by 0.29 (s.e.
+0.11) to 3.07 from 4000 to 8000 steps was "converged" by 10 % of its KL, while the seed that was not
+flat at 8000 steps trained on to KL 1.36.
+
 Per arm (the seeds of one configuration): the same rule on the mean of the seeds' Delta with se^2 =
 sd(Delta)^2 / k + mean_j se_j(Delta)^2 (k >= 2 seeds; the second term because the seeds share the
 evaluation points and draws, :func:`arm_verdict`), or the single run's verdict.
@@ -40,17 +47,25 @@ def _at(points: Sequence[Mapping[str, Any]], step: int) -> Mapping[str, Any] | N
     return next((p for p in points if p["step"] == step), None)
 
 
-def change_over_last_doubling(curve: Mapping[str, Any], metric: str) -> tuple[float, float] | None:
-    """(Delta, se(Delta)) of ``metric`` between the last point S and the point S/2, or None without both.
+def _nearest(points: Sequence[Mapping[str, Any]], step: float) -> Mapping[str, Any] | None:
+    """The recorded point nearest to ``step`` if within 10 % of it (curve steps are rounded)."""
+    best = min(points, key=lambda p: abs(p["step"] - step))
+    return best if abs(best["step"] - step) <= 0.1 * step else None
 
-    The half-budget point is the recorded point nearest to S/2 (exactly S/2 up to the rounding of the
-    curve's steps)."""
+
+def change_over_doubling(curve: Mapping[str, Any], metric: str, k: int = 1) -> tuple[float, float] | None:
+    """(Delta_k, se(Delta_k)) of ``metric`` between the points S / 2^(k-1) and S / 2^k (S the last point;
+    k = 1: the last doubling), or None without both.
+
+    The points are the recorded points nearest to those steps (exact up to the rounding of the curve's
+    steps)."""
     points = [p for p in curve.get("points", []) if metric in p.get("metrics", {})]
     if len(points) < 2:
         return None
-    end = max(points, key=lambda p: p["step"])
-    half = min((p for p in points if p is not end), key=lambda p: abs(p["step"] - end["step"] / 2))
-    if abs(half["step"] - end["step"] / 2) > 0.1 * end["step"]:
+    last = max(p["step"] for p in points)
+    end = _nearest(points, last / 2 ** (k - 1))
+    half = _nearest([p for p in points if p is not end], last / 2**k)
+    if end is None or half is None:
         return None
     delta = float(end["metrics"][metric]) - float(half["metrics"][metric])
     v_end = end.get("values", {}).get(metric)
@@ -65,6 +80,21 @@ def change_over_last_doubling(curve: Mapping[str, Any], metric: str) -> tuple[fl
     return delta, se
 
 
+def change_over_last_doubling(curve: Mapping[str, Any], metric: str) -> tuple[float, float] | None:
+    """(Delta, se(Delta)) of ``metric`` between the last point S and the point S/2, or None without both."""
+    return change_over_doubling(curve, metric, 1)
+
+
+def _key(name: str, k: int) -> str:
+    """``verdict_change`` / ``verdict_se`` of the last doubling, ``<name>_<k>`` of the k-th last."""
+    return name if k == 1 else f"{name}_{k}"
+
+
+def _combine(verdicts: Sequence[str]) -> str:
+    """Converged when every doubling is, else the verdict of the most recent one that is not."""
+    return next((v for v in verdicts if v != CONVERGED), CONVERGED)
+
+
 def judge(delta: float, se: float, end_value: float, rtol: float, atol: float) -> str:
     """The verdict of a change ``delta`` with standard error ``se`` (NaN se: only the tolerance counts)."""
     noise = 2.0 * se if math.isfinite(se) else 0.0
@@ -73,22 +103,53 @@ def judge(delta: float, se: float, end_value: float, rtol: float, atol: float) -
     return IMPROVING if delta < 0 else WORSE
 
 
-def run_verdict(curve: Mapping[str, Any] | None, metric: str, rtol: float = 0.1, atol: float = 0.0) -> dict:
+def run_verdict(
+    curve: Mapping[str, Any] | None, metric: str, rtol: float = 0.1, atol: float = 0.0, doublings: int = 1
+) -> dict:
     """Result-metric keys of one run: ``verdict``, ``verdict_metric``, ``verdict_change`` (m(S) - m(S/2),
-    the slope per doubling), ``verdict_se``, ``converged`` (1.0 / 0.0, so a table can average it)."""
+    the slope per doubling), ``verdict_se``, ``converged`` (1.0 / 0.0, so a table can average it); with
+    ``doublings`` D > 1 also ``verdict_change_k`` / ``verdict_se_k`` of the k-th last doubling (k = 2..D;
+    those the curve spans) and ``verdict_doublings`` (how many were judged)."""
+    if doublings < 1:
+        raise ValueError(f"doublings must be >= 1, got {doublings}")
     out: dict[str, Any] = {"verdict": NO_CURVE, "verdict_metric": metric}
-    change = change_over_last_doubling(curve, metric) if curve else None
-    if change is None:
+    changes = []
+    for k in range(1, doublings + 1):
+        change = change_over_doubling(curve, metric, k) if curve else None
+        if change is None:
+            break
+        changes.append(change)
+    if not changes:
         return out
-    delta, se = change
     end = max((p for p in curve["points"] if metric in p["metrics"]), key=lambda p: p["step"])
-    verdict = judge(delta, se, float(end["metrics"][metric]), rtol, atol)
-    # no s.e. on record (an image curve's validation loss): None, not NaN (NaN != NaN in every comparison)
-    se_out = se if math.isfinite(se) else None
-    out.update(verdict=verdict, verdict_change=delta, verdict_se=se_out)
+    end_value = float(end["metrics"][metric])
+    verdict = _combine([judge(d, se, end_value, rtol, atol) for d, se in changes])
+    out["verdict"] = verdict
+    for k, (delta, se) in enumerate(changes, start=1):
+        # no s.e. on record (an image curve's validation loss): None, not NaN (NaN != NaN in every comparison)
+        out[_key("verdict_change", k)] = delta
+        out[_key("verdict_se", k)] = se if math.isfinite(se) else None
     out["converged"] = float(verdict == CONVERGED)
     out.update(verdict_rtol=rtol, verdict_atol=atol)  # so that the arm's verdict uses the same tolerances
+    if doublings > 1:
+        out["verdict_doublings"] = len(changes)
     return out
+
+
+def _seed_change(records: Sequence[Mapping[str, Any]], k: int) -> tuple[float, float] | None:
+    """Mean over the runs of the k-th last doubling's change, with se^2 = sd^2 / n + mean(se_j^2)."""
+    rows = [r for r in records if isinstance(r.get(_key("verdict_change", k)), int | float)]
+    if len(rows) < 2:
+        return None
+    deltas = [float(r[_key("verdict_change", k)]) for r in rows]
+    se = statistics.stdev(deltas) / math.sqrt(len(deltas))
+    # the seeds share the held-out points and every t / eps draw, so the evaluation noise of each run's
+    # change (its verdict_se) is common to the seeds and does not shrink with k: add its mean square
+    run_se = [r.get(_key("verdict_se", k)) for r in rows]
+    run_se = [float(x) for x in run_se if isinstance(x, int | float) and math.isfinite(x)]
+    if run_se:
+        se = math.sqrt(se**2 + statistics.fmean(x * x for x in run_se))
+    return statistics.fmean(deltas), se
 
 
 def arm_verdict(
@@ -101,30 +162,32 @@ def arm_verdict(
     noise is common to them and is not divided by k; measured on score-sde-gmm, 3 seeds whose changes
     -0.012, -0.017, -0.013 each lay inside 2 of their own s.e. 0.01 got sd / sqrt(k) = 0.0016 alone, a
     "still improving" verdict from the seeds' agreement on a shared evaluation noise), judged with
-    ``rtol`` / ``atol`` (default: the runs' recorded ``verdict_rtol`` / ``verdict_atol``, else 0.1 / 0)."""
+    ``rtol`` / ``atol`` (default: the runs' recorded ``verdict_rtol`` / ``verdict_atol``, else 0.1 / 0);
+    runs judged over D > 1 doublings (``verdict_doublings``) give the arm the same rule over each of them."""
     with_change = [r for r in records if isinstance(r.get("verdict_change"), int | float)]
     if not with_change:
         return {"verdict": NO_CURVE}
     if len(with_change) == 1:
         r = with_change[0]
-        return {k: r[k] for k in ("verdict", "verdict_change", "verdict_se") if k in r}
+        return {k: r[k] for k in r if k == "verdict" or k.startswith(("verdict_change", "verdict_se"))}
     if rtol is None:
         rtol = float(with_change[0].get("verdict_rtol", 0.1))
     if atol is None:
         atol = float(with_change[0].get("verdict_atol", 0.0))
-    deltas = [float(r["verdict_change"]) for r in with_change]
-    delta = statistics.fmean(deltas)
-    se = statistics.stdev(deltas) / math.sqrt(len(deltas))
-    # the seeds share the held-out points and every t / eps draw, so the evaluation noise of each run's
-    # change (its verdict_se) is common to the seeds and does not shrink with k: add its mean square
-    run_se = [float(r["verdict_se"]) for r in with_change if isinstance(r.get("verdict_se"), int | float)]
-    run_se = [x for x in run_se if math.isfinite(x)]
-    if run_se:
-        se = math.sqrt(se**2 + statistics.fmean(x * x for x in run_se))
     metric = with_change[0].get("verdict_metric")
     ends = [float(r[metric]) for r in with_change if isinstance(r.get(metric), int | float)]
     end = statistics.fmean(ends) if ends else 0.0
-    return {"verdict": judge(delta, se, end, rtol, atol), "verdict_change": delta, "verdict_se": se}
+    doublings = max(int(r.get("verdict_doublings", 1)) for r in with_change)
+    out: dict[str, Any] = {}
+    verdicts = []
+    for k in range(1, doublings + 1):
+        change = _seed_change(with_change, k)
+        if change is None:
+            break
+        delta, se = change
+        verdicts.append(judge(delta, se, end, rtol, atol))
+        out[_key("verdict_change", k)], out[_key("verdict_se", k)] = delta, se
+    return {"verdict": _combine(verdicts), **out}
 
 
 def next_budget(steps: int, verdict: str, max_steps: int | None) -> int | None:

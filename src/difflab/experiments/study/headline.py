@@ -83,12 +83,25 @@ def _arm_verdict(arm: Arm) -> tuple[str | None, str]:
     if len(seeded) >= 2:
         v = arm_verdict(seeded)
         counts = text if "/" in text else f"{len(seeded)}/{len(seeded)} {text}"
-        change = f"mean Δ {_fmt(v['verdict_change'])}, s.e. {_pm(v['verdict_se'])}"
+        change = f"mean Δ {_fmt(v['verdict_change'])}, s.e. {_pm(v['verdict_se'])}{_earlier(v)}"
         return v["verdict"], f"{v['verdict']} ({change}; runs: {counts})"
     change, se = arm.value("verdict_change"), arm.value("verdict_se")
     if change is None:
         return text, text
-    return text, f"{text} (Δ {_fmt(change)}" + (f", s.e. {_pm(se)})" if se else ")")
+    earlier = _earlier(arm.rows[0]) if len(arm.rows) == 1 else ""
+    return text, f"{text} (Δ {_fmt(change)}" + (f", s.e. {_pm(se)}" if se else "") + f"{earlier})"
+
+
+def _earlier(verdict: Mapping[str, Any]) -> str:
+    """The changes over the doublings before the last (``eval.verdict_doublings`` > 1), if judged."""
+    k, parts = 2, []
+    while isinstance(verdict.get(f"verdict_change_{k}"), int | float):
+        parts.append(_fmt(verdict[f"verdict_change_{k}"]))
+        k += 1
+    if not parts:
+        return ""
+    before = "the doubling before" if len(parts) == 1 else f"the {len(parts)} doublings before"
+    return f"; {before}: Δ {', '.join(parts)}"
 
 
 def _verdict(arm: Arm) -> str:

@@ -130,9 +130,13 @@ class EvalConfig:
     curve_sample_steps: int = param(50, ge=1, doc="sampler steps of the curve's samples")
     curve_rtol: float = param(1e-2, gt=0, le=0.1, doc="dopri5 rtol = atol of the curve's PF-ODE NLL")
     curve_nelbo_t_draws: int = param(64, ge=1, doc="t draws per point of the curve's NELBO")
-    # verdict: "converged" when |m(S) - m(S/2)| <= max(2 se, verdict_rtol |m(S)| + verdict_atol)
+    # verdict: "converged" when |m(S) - m(S/2)| <= max(2 se, verdict_rtol |m(S)| + verdict_atol), and so
+    # for each of the last verdict_doublings doublings (the curve spans 4: S/16 .. S)
     verdict_rtol: float = param(0.1, ge=0, doc="relative tolerance of the convergence verdict")
     verdict_atol: float = param(0.0, ge=0, doc="absolute tolerance of the convergence verdict")
+    verdict_doublings: int = param(
+        1, ge=1, le=4, doc="last doublings of training that must each pass the verdict (1: the last only)"
+    )
 
     def sampler_names(self, target: str) -> list[str]:
         """Every sampler the run draws with: eval.sampler (the target's natural one for "natural"), then

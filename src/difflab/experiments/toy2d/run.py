@@ -195,7 +195,7 @@ def _train_to_verdict(parts: RunParts, trainer: Trainer, callback: Any) -> None:
         # the relative tolerance only for the KL (>= 0, zero for a perfect model): an NLL's size depends on
         # the data's scale and entropy, so 10 % of it is no measure of "has stopped changing"
         rtol = ev.verdict_rtol if metric == "kl" else 0.0
-        verdict = run_verdict(curve, metric, rtol, ev.verdict_atol)
+        verdict = run_verdict(curve, metric, rtol, ev.verdict_atol, ev.verdict_doublings)
         trainer.extra["verdict"] = verdict
         budget = (
             next_budget(trainer.total_steps, verdict["verdict"], tr.max_steps) if tr.until_converged else None
