@@ -43,10 +43,6 @@ WORSE = "getting worse"
 NO_CURVE = "no curve"
 
 
-def _at(points: Sequence[Mapping[str, Any]], step: int) -> Mapping[str, Any] | None:
-    return next((p for p in points if p["step"] == step), None)
-
-
 def _nearest(points: Sequence[Mapping[str, Any]], step: float) -> Mapping[str, Any] | None:
     """The recorded point nearest to ``step`` if within 10 % of it (curve steps are rounded)."""
     best = min(points, key=lambda p: abs(p["step"] - step))
@@ -80,12 +76,7 @@ def change_over_doubling(curve: Mapping[str, Any], metric: str, k: int = 1) -> t
     return delta, se
 
 
-def change_over_last_doubling(curve: Mapping[str, Any], metric: str) -> tuple[float, float] | None:
-    """(Delta, se(Delta)) of ``metric`` between the last point S and the point S/2, or None without both."""
-    return change_over_doubling(curve, metric, 1)
-
-
-def _key(name: str, k: int) -> str:
+def verdict_key(name: str, k: int) -> str:
     """``verdict_change`` / ``verdict_se`` of the last doubling, ``<name>_<k>`` of the k-th last."""
     return name if k == 1 else f"{name}_{k}"
 
@@ -127,8 +118,8 @@ def run_verdict(
     out["verdict"] = verdict
     for k, (delta, se) in enumerate(changes, start=1):
         # no s.e. on record (an image curve's validation loss): None, not NaN (NaN != NaN in every comparison)
-        out[_key("verdict_change", k)] = delta
-        out[_key("verdict_se", k)] = se if math.isfinite(se) else None
+        out[verdict_key("verdict_change", k)] = delta
+        out[verdict_key("verdict_se", k)] = se if math.isfinite(se) else None
     out["converged"] = float(verdict == CONVERGED)
     out.update(verdict_rtol=rtol, verdict_atol=atol)  # so that the arm's verdict uses the same tolerances
     if doublings > 1:
@@ -138,14 +129,14 @@ def run_verdict(
 
 def _seed_change(records: Sequence[Mapping[str, Any]], k: int) -> tuple[float, float] | None:
     """Mean over the runs of the k-th last doubling's change, with se^2 = sd^2 / n + mean(se_j^2)."""
-    rows = [r for r in records if isinstance(r.get(_key("verdict_change", k)), int | float)]
+    rows = [r for r in records if isinstance(r.get(verdict_key("verdict_change", k)), int | float)]
     if len(rows) < 2:
         return None
-    deltas = [float(r[_key("verdict_change", k)]) for r in rows]
+    deltas = [float(r[verdict_key("verdict_change", k)]) for r in rows]
     se = statistics.stdev(deltas) / math.sqrt(len(deltas))
     # the seeds share the held-out points and every t / eps draw, so the evaluation noise of each run's
     # change (its verdict_se) is common to the seeds and does not shrink with k: add its mean square
-    run_se = [r.get(_key("verdict_se", k)) for r in rows]
+    run_se = [r.get(verdict_key("verdict_se", k)) for r in rows]
     run_se = [float(x) for x in run_se if isinstance(x, int | float) and math.isfinite(x)]
     if run_se:
         se = math.sqrt(se**2 + statistics.fmean(x * x for x in run_se))
@@ -186,7 +177,7 @@ def arm_verdict(
             break
         delta, se = change
         verdicts.append(judge(delta, se, end, rtol, atol))
-        out[_key("verdict_change", k)], out[_key("verdict_se", k)] = delta, se
+        out[verdict_key("verdict_change", k)], out[verdict_key("verdict_se", k)] = delta, se
     return {"verdict": _combine(verdicts), **out}
 
 

@@ -27,7 +27,7 @@ from difflab.experiments.study.compare import (
     comparison_groups,
     group_marks,
 )
-from difflab.experiments.study.convergence import arm_verdict
+from difflab.experiments.study.convergence import arm_verdict, verdict_key
 from difflab.experiments.study.plan import is_seed_key
 from difflab.experiments.study.reportspec import ReportSpec
 from difflab.experiments.study.stats import LEVEL, GroupComparison
@@ -95,8 +95,8 @@ def _arm_verdict(arm: Arm) -> tuple[str | None, str]:
 def _earlier(verdict: Mapping[str, Any]) -> str:
     """The changes over the doublings before the last (``eval.verdict_doublings`` > 1), if judged."""
     k, parts = 2, []
-    while isinstance(verdict.get(f"verdict_change_{k}"), int | float):
-        parts.append(_fmt(verdict[f"verdict_change_{k}"]))
+    while isinstance(verdict.get(verdict_key("verdict_change", k)), int | float):
+        parts.append(_fmt(verdict[verdict_key("verdict_change", k)]))
         k += 1
     if not parts:
         return ""
