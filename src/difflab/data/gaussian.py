@@ -11,6 +11,13 @@ With Sigma_k = U_k diag(l_k) U_k^T (eigendecomposition, done once),
 C_k = U_k diag(alpha^2 l_k + sigma^2) U_k^T, so every quantity costs O(B K D^2) with no per-time matrix
 inversion. This is the oracle the library is tested
 against (Bishop 2006, sec. 2.3 for Gaussian conditioning; Song et al. 2021 for the score of p_t).
+
+Degenerate components (Sigma_k positive semi-definite, some l_k = 0) are allowed with a finite
+``max_logsnr``: C_k stays positive definite for sigma > 0, and every formula above holds unchanged (the gain
+alpha l_k / (alpha^2 l_k + sigma^2) is 0 along a null direction). Such a mixture is the quadrature of a
+continuous mixture of degenerate Gaussians (the ring and waves sets: a point on a curve plus noise along one
+direction only), which is accurate only while the blur sigma / alpha spans several quadrature nodes, i.e. for
+logsnr = log(alpha^2 / sigma^2) <= ``max_logsnr``; evaluating it past that (sigma = 0 included) raises.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from difflab.processes.base import Process
 
 LOG_2PI = math.log(2.0 * math.pi)
 CHUNK_ELEMENTS = 1 << 22  # numbers per (B, K, D) piece of one evaluation block (32 MiB in float64)
+FAST_FULL_MAX_DIM = 8  # full (non-axis-aligned) covariances take the matrix-product path up to this D
 
 
 class GaussianMixture:
@@ -34,10 +42,13 @@ class GaussianMixture:
     Args:
         weights: (K,) mixture weights (normalised here).
         means: (K, D).
-        covs: (K, D, D) covariance matrices (symmetric positive definite).
+        covs: (K, D, D) covariance matrices (symmetric positive definite; positive semi-definite allowed
+            when ``max_logsnr`` is finite).
+        max_logsnr: the largest log(alpha^2 / sigma^2) at which the closed forms may be evaluated (module
+            doc); ``inf`` (the default) for an exact mixture, which is valid at sigma = 0 too.
     """
 
-    def __init__(self, weights: Tensor, means: Tensor, covs: Tensor) -> None:
+    def __init__(self, weights: Tensor, means: Tensor, covs: Tensor, max_logsnr: float = math.inf) -> None:
         weights = torch.as_tensor(weights, dtype=torch.float64)
         means = torch.as_tensor(means, dtype=torch.float64)
         covs = torch.as_tensor(covs, dtype=torch.float64)
@@ -53,11 +64,18 @@ class GaussianMixture:
         self.means = means
         self.covs = 0.5 * (covs + covs.transpose(-1, -2))
         evals, evecs = torch.linalg.eigh(self.covs)
-        if bool((evals <= 0).any()):
-            raise ValueError("covariances must be positive definite")
+        self.max_logsnr = float(max_logsnr)
+        singular_ok = math.isfinite(self.max_logsnr)
+        if bool((evals <= 0).any()) and not singular_ok:
+            raise ValueError("covariances must be positive definite (or give a finite max_logsnr)")
+        if singular_ok:
+            tol = 1e-12 * float(evals.abs().max())
+            if bool((evals < -tol).any()):
+                raise ValueError("covariances must be positive semi-definite")
+            evals = evals.clamp_min(0.0)
         # axis-aligned components (isotropic ones, or those after a per-dimension z-scoring): the identity
         # is their eigenbasis, and at one (alpha, sigma) for the whole batch every quantity below is a
-        # product of (B, K) and (K, D) matrices (the fast path of _diagonal_parts)
+        # product of (B, K) and (K, D) matrices (the fast path of _fast_parts)
         off_diagonal = self.covs - torch.diag_embed(torch.diagonal(self.covs, dim1=-2, dim2=-1))
         self._diagonal = bool((off_diagonal == 0).all())
         if self._diagonal:
@@ -84,12 +102,16 @@ class GaussianMixture:
         return cls(torch.ones(1, dtype=torch.float64), mean[None], cov[None])
 
     def affine(self, shift: Tensor, scale: Tensor) -> GaussianMixture:
-        """The law of (x - shift) / scale (per-dimension scale), e.g. for z-scoring."""
+        """The law of (x - shift) / scale (per-dimension scale), e.g. for z-scoring.
+
+        A blur sigma in the new coordinates is sigma * scale_d along dimension d in the old ones, at least
+        sigma * min(scale); so ``max_logsnr`` moves by 2 log min(scale) (the conservative direction)."""
         shift = torch.as_tensor(shift, dtype=torch.float64)
         scale = torch.as_tensor(scale, dtype=torch.float64).expand(self.dim)
         means = (self.means - shift) / scale
         covs = self.covs / (scale[:, None] * scale[None, :])
-        return GaussianMixture(self.weights, means, covs)
+        max_logsnr = self.max_logsnr + 2.0 * math.log(float(scale.abs().min()))
+        return GaussianMixture(self.weights, means, covs, max_logsnr=max_logsnr)
 
     @property
     def dim(self) -> int:
@@ -132,12 +154,20 @@ class GaussianMixture:
         )
         return proj, c_evals, log_comp, alpha, sigma
 
-    def _diagonal_parts(self, x: Tensor, alpha: Tensor | float, sigma: Tensor | float):
-        """The fast path for axis-aligned components and one (alpha, sigma) for the whole batch, None
-        otherwise. With c_k = alpha^2 lambda_k + sigma^2 and m_k = alpha mu_k (both (K, D)), the quadratic
-        form sum_d (x_d - m_kd)^2 / c_kd = x^2 (1/c)^T - 2 x (m/c)^T + sum_d m_kd^2 / c_kd is one matrix
-        product and no (B, K, D) array is made. Returns (log_comp (B, K), c, m, alpha)."""
-        if not self._diagonal:
+    def _fast_parts(self, x: Tensor, alpha: Tensor | float, sigma: Tensor | float):
+        """The fast path at one (alpha, sigma) for the whole batch (None otherwise, or for full covariances
+        in more than ``FAST_FULL_MAX_DIM`` dimensions): every per-component quadratic form is one matrix
+        product and no (B, K, D) array is made.
+
+        With m_k = alpha mu_k and P_k = C_k^{-1},
+        (x - m_k)^T P_k (x - m_k) = <x x^T, P_k> - 2 x^T P_k m_k + m_k^T P_k m_k, so
+        log_comp = -1/2 [x x^T, x, 1] [P_k, -2 P_k m_k, b_k]^T,
+        b_k = m_k^T P_k m_k + log det C_k + D log 2 pi - 2 log pi_k.
+        Axis-aligned components (isotropic ones, or those after a per-dimension z-scoring) keep only the
+        diagonal of P_k (D numbers instead of D^2). Returns (log_comp (B, K), prec, prec_m, a, c): ``prec`` is
+        P_k as (K, D) diagonals or (K, D * D) flattened matrices, ``prec_m`` = P_k m_k (K, D); see
+        :meth:`_times`; ``c`` (K, D) the eigenvalues alpha^2 l_k + sigma^2 of C_k."""
+        if not self._diagonal and self.dim > FAST_FULL_MAX_DIM:
             return None
         a = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1)
         s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
@@ -145,21 +175,43 @@ class GaussianMixture:
             return None
         a, s = a[0], s[0]
         x = x.to(torch.float64)
-        c = a**2 * self.evals + s**2
-        inv_c = 1.0 / c
+        c = a**2 * self.evals + s**2  # (K, D): C_k's eigenvalues
         m = a * self.means
-        # one product: [x^2, x, 1] [1/c, -2 m/c, sum_d (m^2/c + log c) + D log 2 pi - 2 log pi_k]^T
-        const = (m * m * inv_c + torch.log(c)).sum(-1) + self.dim * LOG_2PI - 2.0 * torch.log(self.weights)
-        features = torch.cat([x * x, x, torch.ones_like(x[:, :1])], dim=1)
-        coefs = torch.cat([inv_c, -2.0 * m * inv_c, const[:, None]], dim=1)
+        if self._diagonal:
+            prec = 1.0 / c
+            prec_m = m * prec
+            quad = x * x
+        else:
+            full = torch.einsum("kij,kj,klj->kil", self.evecs, 1.0 / c, self.evecs)  # U diag(1/c) U^T
+            prec = full.reshape(self.num_components, -1)
+            prec_m = torch.einsum("kij,kj->ki", full, m)
+            quad = (x[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)
+        const = (m * prec_m).sum(-1) + torch.log(c).sum(-1)
+        const = const + self.dim * LOG_2PI - 2.0 * torch.log(self.weights)
+        features = torch.cat([quad, x, torch.ones_like(x[:, :1])], dim=1)
+        coefs = torch.cat([prec, -2.0 * prec_m, const[:, None]], dim=1)
         log_comp = (features @ coefs.T).mul_(-0.5)
-        return log_comp, c, m, a
+        return log_comp, prec, prec_m, a, c
+
+    def _gain(self, a: Tensor, c: Tensor) -> Tensor:
+        """G_k = alpha Sigma_k C_k^{-1} = U_k diag(alpha l_k / c_k) U_k^T, in the layout of ``prec``."""
+        g = a * self.evals / c
+        if self._diagonal:
+            return g
+        return torch.einsum("kij,kj,klj->kil", self.evecs, g, self.evecs).reshape(self.num_components, -1)
+
+    def _times(self, rows: Tensor, x: Tensor) -> Tensor:
+        """Row-wise matrix times vector: ``rows`` (N, D) diagonals or (N, D * D) flattened matrices."""
+        if self._diagonal:
+            return rows * x
+        return torch.einsum("bij,bj->bi", rows.reshape(-1, self.dim, self.dim), x)
 
     def _chunked(self, fn: Callable[[Tensor, Tensor, Tensor], Tensor], x: Tensor, alpha, sigma) -> Tensor:
         """fn(x, alpha, sigma) on row blocks of x whose (B, K, D) pieces hold at most CHUNK_ELEMENTS
         numbers (a 4096-component law on a 600 x 600 grid would otherwise need 24 GB); alpha and sigma
         are scalars or (B,) and are split with x."""
         x = torch.as_tensor(x, dtype=torch.float64)
+        self._check_logsnr(alpha, sigma)
         rows = max(1, CHUNK_ELEMENTS // (self.num_components * self.dim))
         if x.shape[0] <= rows:
             return fn(x, alpha, sigma)
@@ -172,6 +224,20 @@ class GaussianMixture:
             ]
         )
 
+    def _check_logsnr(self, alpha: Tensor | float, sigma: Tensor | float) -> None:
+        """Raise if some (alpha, sigma) lies past ``max_logsnr`` (a quadrature mixture's validity)."""
+        if math.isinf(self.max_logsnr):
+            return
+        a = torch.as_tensor(alpha, dtype=torch.float64).abs()
+        s = torch.as_tensor(sigma, dtype=torch.float64)
+        logsnr = 2.0 * (torch.log(a) - torch.log(s))  # inf at sigma = 0
+        worst = float(logsnr.max())
+        if worst > self.max_logsnr + 1e-9:
+            raise ValueError(
+                f"this mixture is a quadrature valid for logsnr <= {self.max_logsnr:.4g}; asked at logsnr "
+                f"{worst:.4g} (sigma = 0 is the data law itself: use its exact density)"
+            )
+
     def log_prob_at(self, x: Tensor, alpha: Tensor | float = 1.0, sigma: Tensor | float = 0.0) -> Tensor:
         """log p_t(x) for p_t the law of alpha x0 + sigma eps; alpha, sigma scalars or (B,)."""
         return self._chunked(lambda x, a, s: torch.logsumexp(self._log_comp(x, a, s), dim=1), x, alpha, sigma)
@@ -181,19 +247,19 @@ class GaussianMixture:
 
     def _log_comp(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
         """log pi_k + log N(x; alpha mu_k, C_k), (B, K)."""
-        fast = self._diagonal_parts(x, alpha, sigma)
+        fast = self._fast_parts(x, alpha, sigma)
         return fast[0] if fast is not None else self._parts(x, alpha, sigma)[2]
 
     def score_at(self, x: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
         """grad_x log p_t(x)."""
 
         def score(x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-            fast = self._diagonal_parts(x, alpha, sigma)
-            if fast is not None:  # -sum_k r_k (x - m_k) / c_k
-                log_comp, c, m, _ = fast
+            fast = self._fast_parts(x, alpha, sigma)
+            if fast is not None:  # -sum_k r_k P_k (x - m_k) = sum_k r_k P_k m_k - (sum_k r_k P_k) x
+                log_comp, prec, prec_m, _, _ = fast
                 r = torch.softmax(log_comp, dim=1)
-                both = r @ torch.cat([m / c, 1.0 / c], dim=1)
-                return both[:, : self.dim] - x.to(torch.float64) * both[:, self.dim :]
+                both = r @ torch.cat([prec_m, prec], dim=1)
+                return both[:, : self.dim] - self._times(both[:, self.dim :], x.to(torch.float64))
             proj, c_evals, log_comp, _, _ = self._parts(x, alpha, sigma)
             r = torch.softmax(log_comp, dim=1)
             per_comp = -torch.einsum("kdj,bkj->bkd", self.evecs, proj / c_evals)  # -C_k^{-1}(x - alpha mu_k)
@@ -205,13 +271,13 @@ class GaussianMixture:
         """Bayes denoiser E[x0 | alpha x0 + sigma eps = x]."""
 
         def denoise(x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-            fast = self._diagonal_parts(x, alpha, sigma)
-            if fast is not None:  # sum_k r_k [mu_k + g_k (x - m_k)], g_k = alpha lambda_k / c_k
-                log_comp, c, m, a = fast
+            fast = self._fast_parts(x, alpha, sigma)
+            if fast is not None:  # sum_k r_k [mu_k + G_k (x - m_k)], G_k = alpha Sigma_k C_k^{-1}
+                log_comp, _, _, a, c = fast
                 r = torch.softmax(log_comp, dim=1)
-                gain = a * self.evals / c
-                both = r @ torch.cat([self.means - gain * m, gain], dim=1)
-                return both[:, : self.dim] + x.to(torch.float64) * both[:, self.dim :]
+                gain = self._gain(a, c)
+                both = r @ torch.cat([self.means - self._times(gain, a * self.means), gain], dim=1)
+                return both[:, : self.dim] + self._times(both[:, self.dim :], x.to(torch.float64))
             proj, c_evals, log_comp, alpha_, _ = self._parts(x, alpha, sigma)
             r = torch.softmax(log_comp, dim=1)
             gain = alpha_ * self.evals[None] / c_evals  # alpha Sigma C^{-1} in the eigenbasis

@@ -211,21 +211,67 @@ def test_eight_mode_mixture_std_convention() -> None:
     torch.testing.assert_close(gm.mean(), torch.zeros(2, dtype=F64), rtol=0, atol=1e-12)
 
 
+def _closed_forms(law: GaussianMixture, x, alpha, sigma):
+    return law.log_prob_at(x, alpha, sigma), law.score_at(x, alpha, sigma), law.denoise_at(x, alpha, sigma)
+
+
 @pytest.mark.parametrize(("alpha", "sigma"), [(1.0, 0.0), (0.7, 0.5), (0.999, 0.02)])
-def test_axis_aligned_fast_path_matches_the_general_one(alpha, sigma):
-    """Axis-aligned components at one (alpha, sigma) take the matrix-product path; it gives the general
-    eigenbasis path's log p_t, score and denoiser to rounding (a per-point alpha takes the general path)."""
+@pytest.mark.parametrize("rotated", [False, True])
+def test_fast_paths_match_the_general_one(alpha, sigma, rotated, monkeypatch):
+    """At one (alpha, sigma) the closed forms take the matrix-product path (axis-aligned components: their
+    diagonals; rotated ones: full 2 x 2 precisions); it gives the general eigenbasis path's log p_t, score
+    and denoiser to rounding (a per-point alpha, or D past FAST_FULL_MAX_DIM, takes the general path)."""
+    import difflab.data.gaussian as gaussian
+
     g = torch.Generator().manual_seed(0)
     means = 3.0 * torch.randn(50, 2, dtype=torch.float64, generator=g)
-    variances = 0.05 + torch.rand(50, 2, dtype=torch.float64, generator=g)
-    law = GaussianMixture(
-        torch.rand(50, dtype=torch.float64, generator=g) + 0.1, means, torch.diag_embed(variances)
-    )
+    covs = torch.diag_embed(0.05 + torch.rand(50, 2, dtype=torch.float64, generator=g))
+    if rotated:
+        angle = 2 * math.pi * torch.rand(50, dtype=torch.float64, generator=g)
+        rot = torch.stack([torch.cos(angle), -torch.sin(angle), torch.sin(angle), torch.cos(angle)], 1)
+        rot = rot.reshape(50, 2, 2)
+        covs = rot @ covs @ rot.transpose(1, 2)
+    law = GaussianMixture(torch.rand(50, dtype=torch.float64, generator=g) + 0.1, means, covs)
+    assert law._diagonal is not rotated
     x = 3.0 * torch.randn(300, 2, dtype=torch.float64, generator=g)
-    assert law._diagonal_parts(x, alpha, sigma) is not None
-    assert law._diagonal_parts(x, torch.linspace(0.5, 0.9, 300), sigma) is None
-    fast = (law.log_prob_at(x, alpha, sigma), law.score_at(x, alpha, sigma), law.denoise_at(x, alpha, sigma))
+    assert law._fast_parts(x, alpha, sigma) is not None
+    assert law._fast_parts(x, torch.linspace(0.5, 0.9, 300), sigma) is None
+    fast = _closed_forms(law, x, alpha, sigma)
+    monkeypatch.setattr(gaussian, "FAST_FULL_MAX_DIM", 0)
     law._diagonal = False
-    slow = (law.log_prob_at(x, alpha, sigma), law.score_at(x, alpha, sigma), law.denoise_at(x, alpha, sigma))
+    assert law._fast_parts(x, alpha, sigma) is None
+    slow = _closed_forms(law, x, alpha, sigma)
     for f, s in zip(fast, slow, strict=True):
         torch.testing.assert_close(f, s, rtol=1e-11, atol=1e-11)
+
+
+def test_degenerate_components_with_a_logsnr_bound() -> None:
+    """Rank-one covariances (a point on a curve plus noise along one direction) are allowed only with a
+    finite max_logsnr. Their closed forms at sigma > 0 are the limit of positive-definite components: a
+    null direction given variance 1e-14 changes log p_t, the score and the denoiser by < 1e-9. Evaluating at
+    sigma = 0 or past max_logsnr raises; affine() moves the bound by 2 log min(scale)."""
+    g = torch.Generator().manual_seed(1)
+    angle = 2 * math.pi * torch.rand(30, dtype=F64, generator=g)
+    u = torch.stack([torch.cos(angle), torch.sin(angle)], 1)
+    means = torch.randn(30, 2, dtype=F64, generator=g)
+    rank_one = 0.04 * u[:, :, None] * u[:, None, :]
+    with pytest.raises(ValueError, match="positive definite"):
+        GaussianMixture(torch.ones(30), means, rank_one)
+    law = GaussianMixture(torch.ones(30), means, rank_one, max_logsnr=8.0)
+    normal = torch.stack([-u[:, 1], u[:, 0]], 1)
+    near = GaussianMixture(torch.ones(30), means, rank_one + 1e-14 * normal[:, :, None] * normal[:, None, :])
+    x = torch.randn(200, 2, dtype=F64, generator=g)
+    alpha, sigma = 0.99, math.sqrt(1 - 0.99**2)  # logsnr 3.9
+    for a, b in zip(_closed_forms(law, x, alpha, sigma), _closed_forms(near, x, alpha, sigma), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    # a plausible slip, the std 0.2 used as the variance, is far outside that tolerance
+    wrong = GaussianMixture(torch.ones(30), means, 5.0 * rank_one, max_logsnr=8.0)
+    assert float((wrong.log_prob_at(x, alpha, sigma) - law.log_prob_at(x, alpha, sigma)).abs().max()) > 1e-2
+    with pytest.raises(ValueError, match="logsnr <= 8"):
+        law.log_prob_at(x)  # sigma = 0: the data law itself
+    with pytest.raises(ValueError, match="logsnr <= 8"):
+        law.score_at(x, 1.0, math.exp(-4.5))  # logsnr 9
+    scaled = law.affine(torch.zeros(2), torch.tensor([2.0, 3.0], dtype=F64))
+    assert scaled.max_logsnr == pytest.approx(8.0 + 2 * math.log(2.0))
+    with pytest.raises(ValueError, match="semi-definite"):
+        GaussianMixture(torch.ones(1), torch.zeros(1, 2), -torch.eye(2, dtype=F64)[None], max_logsnr=8.0)
