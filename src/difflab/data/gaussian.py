@@ -177,15 +177,9 @@ class GaussianMixture:
         x = x.to(torch.float64)
         c = a**2 * self.evals + s**2  # (K, D): C_k's eigenvalues
         m = a * self.means
-        if self._diagonal:
-            prec = 1.0 / c
-            prec_m = m * prec
-            quad = x * x
-        else:
-            full = torch.einsum("kij,kj,klj->kil", self.evecs, 1.0 / c, self.evecs)  # U diag(1/c) U^T
-            prec = full.reshape(self.num_components, -1)
-            prec_m = torch.einsum("kij,kj->ki", full, m)
-            quad = (x[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)
+        prec = self._from_eigenvalues(1.0 / c)
+        prec_m = self._times(prec, m)
+        quad = x * x if self._diagonal else (x[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)
         const = (m * prec_m).sum(-1) + torch.log(c).sum(-1)
         const = const + self.dim * LOG_2PI - 2.0 * torch.log(self.weights)
         features = torch.cat([quad, x, torch.ones_like(x[:, :1])], dim=1)
@@ -193,12 +187,12 @@ class GaussianMixture:
         log_comp = (features @ coefs.T).mul_(-0.5)
         return log_comp, prec, prec_m, a, c
 
-    def _gain(self, a: Tensor, c: Tensor) -> Tensor:
-        """G_k = alpha Sigma_k C_k^{-1} = U_k diag(alpha l_k / c_k) U_k^T, in the layout of ``prec``."""
-        g = a * self.evals / c
+    def _from_eigenvalues(self, v: Tensor) -> Tensor:
+        """U_k diag(v_k) U_k^T for v (K, D): the (K, D) diagonals themselves for axis-aligned components,
+        else (K, D * D) flattened matrices (the layout :meth:`_times` reads)."""
         if self._diagonal:
-            return g
-        return torch.einsum("kij,kj,klj->kil", self.evecs, g, self.evecs).reshape(self.num_components, -1)
+            return v
+        return torch.einsum("kij,kj,klj->kil", self.evecs, v, self.evecs).reshape(self.num_components, -1)
 
     def _times(self, rows: Tensor, x: Tensor) -> Tensor:
         """Row-wise matrix times vector: ``rows`` (N, D) diagonals or (N, D * D) flattened matrices."""
@@ -275,7 +269,7 @@ class GaussianMixture:
             if fast is not None:  # sum_k r_k [mu_k + G_k (x - m_k)], G_k = alpha Sigma_k C_k^{-1}
                 log_comp, _, _, a, c = fast
                 r = torch.softmax(log_comp, dim=1)
-                gain = self._gain(a, c)
+                gain = self._from_eigenvalues(a * self.evals / c)  # G_k = alpha Sigma_k C_k^{-1}
                 both = r @ torch.cat([self.means - self._times(gain, a * self.means), gain], dim=1)
                 return both[:, : self.dim] + self._times(both[:, self.dim :], x.to(torch.float64))
             proj, c_evals, log_comp, alpha_, _ = self._parts(x, alpha, sigma)
