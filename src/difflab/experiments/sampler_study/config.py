@@ -116,15 +116,16 @@ def image_recipe(config: Any) -> ImageRunConfig:
 
 def _recipe_process(config: SamplerRunConfig) -> Any:
     """Check the recipe (an image recipe, or a 2D one whose data set has a known law); its process config."""
-    from difflab.data.toy2d import TOY2D, oracle_sets
+    from difflab.data.toy2d import TOY2D
 
     if is_image_recipe(config.recipe):
         return image_recipe(config).process
     recipe = recipe_config(config)
     if TOY2D[recipe.data.name].law is None:
+        mixtures = sorted(name for name, source in TOY2D.items() if source.law is not None)
         raise ConfigError(
             f"data set {recipe.data.name!r} has no Gaussian-mixture law: the oracle needs its exact score "
-            f"(sets with one: {', '.join(oracle_sets())})"
+            f"(sets with one: {', '.join(mixtures)})"
         )
     return recipe.process
 

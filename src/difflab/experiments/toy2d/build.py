@@ -54,6 +54,19 @@ def build_process_objective(config: RunConfig) -> tuple[Process, Any]:
     return process, objective
 
 
+def check_logsnr_bound(process: Process, max_logsnr: float, name: str) -> None:
+    """ConfigError unless the process's largest log-SNR, logsnr(t_min), is within ``max_logsnr``: the bound
+    of a data set whose diffused law is a quadrature (``difflab.data.toy2d.DIFFUSED_MAX_LOGSNR``)."""
+    top = float(process.logsnr(process.t_min))
+    if top > max_logsnr + 1e-9:
+        raise ConfigError(
+            f"the exact score of {name!r} (the oracle, eval.score_error) is a quadrature valid up to log-SNR "
+            f"{max_logsnr:g}, but the process reaches {top:.4g} at t_min = {process.t_min:g}; choose a "
+            f"process whose largest log-SNR is at most {max_logsnr:g} (e.g. trig_vp with "
+            f"logsnr_max <= {max_logsnr:g})"
+        )
+
+
 def check_names(config: RunConfig) -> Process:
     """Check every name of a run against its table and the cross-field rules; returns the process.
 
@@ -78,11 +91,14 @@ def check_names(config: RunConfig) -> Process:
         lookup(SAMPLERS, name, "sampler (eval.also_samplers)")
     check_sampler_options(ev.sampler_options, SAMPLERS, ev.sampler_names(config.objective.target))
     lookup(GRIDS, ev.grid, "grid")
-    if m.name == "oracle" and TOY2D[config.data.name].law is None:
+    source = TOY2D[config.data.name]
+    if m.name == "oracle" and not source.has_oracle:
         raise ConfigError(
-            f"model 'oracle' (the exact denoiser) needs a data set whose law is a Gaussian mixture "
-            f"({', '.join(oracle_sets())}); {config.data.name!r} is not one"
+            f"model 'oracle' (the exact denoiser) needs a data set whose diffused score is known in closed "
+            f"form ({', '.join(oracle_sets())}); {config.data.name!r} is not one"
         )
+    if (m.name == "oracle" or ev.score_error) and source.has_oracle:
+        check_logsnr_bound(process, source.max_logsnr, config.data.name)
     if config.train.checkpoint_every % config.train.log_every:
         raise ConfigError("train.checkpoint_every must be a multiple of train.log_every")
     return process
@@ -99,7 +115,7 @@ def build_run_parts(config: RunConfig) -> RunParts:
     process, objective = build_process_objective(config)
     data = make_toy2d(config.data.name, config.data.n_train, config.data.n_test, config.data.seed)
     if m.name == "oracle":
-        denoiser: Any = data.law.denoiser(process)
+        denoiser: Any = data.diffused.denoiser(process)
         trainable = False
     else:
         torch.manual_seed(config.train.seed)

@@ -260,7 +260,7 @@ def run_experiment(config_dict: dict, run_dir: str, progress: bool = False) -> d
         denoiser = trainer.ema_model().cpu()  # 2D evaluation runs on the CPU
     metrics, samples = evaluate_run(parts, denoiser)
     result.update(metrics)
-    if config.eval.score_error and parts.data.law is not None:
+    if config.eval.score_error and parts.data.diffused is not None:
         from difflab.experiments.toy2d.score import write_score_error
 
         result.update(write_score_error(parts, denoiser, run_dir))

@@ -123,7 +123,7 @@ def write_score_error(parts: Any, denoiser: Any, run_dir: str) -> dict[str, floa
     curve = score_error_curve(
         NoGradDenoiser(denoiser),
         parts.process,
-        parts.data.law,
+        parts.data.diffused,
         n=ev.score_error_n,
         bins=ev.score_error_bins,
         seed=ev.seed + 5,
